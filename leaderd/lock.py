@@ -1,0 +1,428 @@
+"""The synchronous lock client: one Redis round trip per acquire, refresh and release.
+
+Scripts run over a pooled connection with a per-call read timeout, so a slow Redis
+costs at most `timeout` seconds per attempt and never blocks a caller forever.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from . import _core
+from ._core import AcquireResult, LockBase, Script
+from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
+from .strategy import FixedIntervalStrategy, RetryStrategy
+
+#: Default for `lock()`: try every 100 ms, forever; release messages wake waiters sooner.
+DEFAULT_RETRY: RetryStrategy = FixedIntervalStrategy(0.1, max_retry=None)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+
+class LockClient:
+    """Acquires locks on one Redis (a `redis.Redis`, possibly with decode_responses)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        # Our own few connections, built from the client's pool settings, so that
+        # connecting is bounded by the call's timeout too (a redis-py pool connects
+        # inside get_connection(), under its own timeouts and retries).
+        self._idle: list[Any] = []
+        self._mutex = threading.Lock()
+        self._pid = os.getpid()
+
+    # -- I/O -------------------------------------------------------------------------
+    def _checkout(self) -> Any:
+        with self._mutex:
+            if self._pid != os.getpid():  # forked: never share a parent's sockets
+                self._idle.clear()
+                self._pid = os.getpid()
+            if self._idle:
+                return self._idle.pop()
+        pool = self.redis.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
+    def _checkin(self, conn: Any) -> None:
+        if getattr(conn, "_sock", None) is None:
+            return
+        with self._mutex:
+            if self._pid == os.getpid() and len(self._idle) < 32:
+                self._idle.append(conn)
+                return
+        conn.disconnect()
+
+    def close(self) -> None:
+        """Close the connections this client opened (the redis client is left open)."""
+        with self._mutex:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+    def _eval(self, script: Script, keys: list[str], args: list[str], timeout: float | None) -> Any:
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None or getattr(self.redis, "connection", None) is not None:
+            return self._eval_client(script, keys, args)
+        conn = self._checkout()
+        try:
+            if getattr(conn, "_sock", None) is not None and _is_stale(conn):
+                conn.disconnect()
+            if getattr(conn, "_sock", None) is None:
+                if timeout is None:
+                    conn.connect()
+                else:
+                    _connect_within(conn, timeout)
+            try:
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis.ConnectionError:
+                # A socket that died while idle (e.g. Redis restarted): the command
+                # was not sent, so one resend on a fresh socket is safe.
+                conn.disconnect()
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return self._read(conn, timeout)
+            except redis.ResponseError as exc:
+                if not _core.is_noscript(exc):
+                    raise
+            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            return self._read(conn, timeout)
+        except BaseException as exc:
+            if not isinstance(exc, redis.ResponseError):
+                conn.disconnect()
+            raise
+        finally:
+            self._checkin(conn)
+
+    @staticmethod
+    def _read(conn: Any, timeout: float | None) -> Any:
+        if timeout is None:
+            return conn.read_response()
+        return conn.read_response(timeout=timeout)
+
+    def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            if not _core.is_noscript(exc):
+                raise
+            return self.redis.eval(script.source, len(keys), *keys, *args)
+
+    def _acquire(
+        self, key: str, value: str, px: int, timeout: float | None, embed_token: bool
+    ) -> AcquireResult:
+        keys, args = _core.acquire_args(key, value, px, embed_token)
+        try:
+            return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
+        except redis.ResponseError as exc:
+            raise _core.map_response_error(exc, key) from exc
+
+    # -- API -------------------------------------------------------------------------
+    def try_lock(
+        self,
+        key: str,
+        value: str | None = None,
+        expiration: float = 10.0,
+        timeout: float | None = 1.0,
+        *,
+        embed_token: bool = False,
+    ) -> Lock:
+        """Acquire `key` in one attempt or raise `FailedToPreemptLockError`."""
+        _core.check_key(key)
+        px = _core.check_expiration(expiration)
+        value = _core.check_value(value, embed_token)
+        timeout = _core.check_timeout(timeout)
+        started = time.monotonic()
+        result = self._acquire(key, value, px, timeout, embed_token)
+        if not result.acquired:
+            raise FailedToPreemptLockError(key, result.holder, result.ttl)
+        return Lock(self, key, result.value or value, expiration, result.token or 0, started)
+
+    def lock(
+        self,
+        key: str,
+        value: str | None = None,
+        expiration: float = 10.0,
+        timeout: float | None = 1.0,
+        retry: RetryStrategy | None = None,
+        *,
+        embed_token: bool = False,
+    ) -> Lock:
+        """Acquire `key`, retrying under `retry` (default: every 100 ms, forever).
+
+        Between the strategy's retries a waiter also tries again the moment the holder
+        releases (pub/sub) and when the holder's lease runs out. Each attempt is bounded
+        by `timeout`; an attempt that timed out but succeeded is recognised by the next.
+        Raises `MaxRetryError` when the strategy gives up.
+        """
+        _core.check_key(key)
+        px = _core.check_expiration(expiration)
+        value = _core.check_value(value, embed_token)
+        timeout = _core.check_timeout(timeout)
+        strategy = retry if retry is not None else DEFAULT_RETRY
+        waiter: _Waiter | None = None
+        attempts = retries = 0
+        holder: str | None = None
+        last_error: Exception | None = None
+        next_retry_at = 0.0
+        try:
+            while True:
+                started = time.monotonic()
+                attempts += 1
+                expires_at: float | None = None
+                try:
+                    result = self._acquire(key, value, px, timeout, embed_token)
+                except TRANSIENT as exc:
+                    last_error = exc
+                else:
+                    if result.acquired:
+                        return Lock(self, key, result.value or value, expiration,
+                                    result.token or 0, started)
+                    holder, last_error = result.holder, None
+                    if result.ttl is not None and result.ttl >= 0:
+                        expires_at = started + result.ttl
+                now = time.monotonic()
+                if now >= next_retry_at:
+                    retries += 1
+                    delay = strategy.next_delay(retries)
+                    if delay is None:
+                        raise MaxRetryError(key, attempts, holder) from last_error
+                    next_retry_at = now + delay
+                    if waiter is None and last_error is None:
+                        waiter = _Waiter(self.redis, _core.release_channel(key), timeout)
+                        if waiter.subscribed:
+                            continue  # a release may have slipped in before we listened
+                wake_at = next_retry_at if expires_at is None else min(next_retry_at, expires_at)
+                if waiter is not None and waiter.subscribed:
+                    waiter.wait(wake_at - time.monotonic())
+                else:
+                    time.sleep(max(0.0, wake_at - time.monotonic()))
+        finally:
+            if waiter is not None:
+                waiter.close()
+
+    def get_holder(self, key: str) -> tuple[str | None, float | None]:
+        """The value stored under `key` and its remaining lease in seconds (None if free)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, pttl = pipe.execute()
+        if value is None:
+            return None, None
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return text, (pttl / 1000.0 if pttl >= 0 else None)
+
+
+def _is_stale(conn: Any) -> bool:
+    """An idle socket with something to read was closed (or desynced) by the server."""
+    try:
+        return bool(conn.can_read(timeout=0))
+    except (redis.ConnectionError, OSError):
+        return True
+
+
+def _connect_within(conn: Any, timeout: float) -> None:
+    """Open `conn` (socket and handshake) within `timeout`, without redis-py's retries.
+
+    redis-py bounds connecting only by the client's own timeouts and retries it;
+    a lock attempt must not outlive its `timeout`, even against a frozen server.
+    """
+    saved = conn.socket_timeout, conn.socket_connect_timeout
+    conn.socket_timeout = min(timeout, saved[0] or timeout)
+    conn.socket_connect_timeout = min(timeout, saved[1] or timeout)
+    try:
+        connect = getattr(conn, "connect_check_health", None)
+        if connect is not None:
+            connect(check_health=True, retry_socket_connect=False)
+        else:
+            conn.connect()
+    finally:
+        conn.socket_timeout, conn.socket_connect_timeout = saved
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.settimeout(saved[0])
+        buffer = getattr(getattr(conn, "_parser", None), "_buffer", None)
+        if buffer is not None and hasattr(buffer, "socket_timeout"):
+            buffer.socket_timeout = saved[0]
+
+
+class _Waiter:
+    """A release-channel subscription used only while `lock()` waits for a holder."""
+
+    def __init__(self, client: redis.Redis, channel: str, timeout: float | None) -> None:
+        self.pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self.subscribed = False
+        try:
+            self.pubsub.subscribe(channel)
+            deadline = time.monotonic() + (timeout or 1.0)
+            while not self.subscribed and time.monotonic() < deadline:
+                msg = self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                self.subscribed = bool(msg and msg.get("type") in ("subscribe", b"subscribe"))
+        except TRANSIENT:
+            self.close()
+
+    def wait(self, seconds: float) -> bool:
+        """Block up to `seconds`; True if a release was announced."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                msg = self.pubsub.get_message(timeout=left)
+                if msg and msg.get("type") in ("message", b"message"):
+                    return True
+        except TRANSIENT:
+            self.subscribed = False
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+
+    def close(self) -> None:
+        self.subscribed = False
+        try:
+            self.pubsub.close()
+        except Exception:
+            pass
+
+
+class Lock(LockBase):
+    """A held lock. Use as a context manager to release it on exit."""
+
+    __slots__ = ("_client",)
+
+    def __init__(
+        self, client: LockClient, key: str, value: str, expiration: float, token: int,
+        started: float,
+    ) -> None:
+        super().__init__(key, value, expiration, token, started)
+        self._client = client
+
+    def refresh(self, timeout: float | None = 1.0) -> None:
+        """Extend the lease to `expiration` again; `LockNotHeldError` if it is not ours."""
+        started = time.monotonic()
+        try:
+            ok = self._client._eval(
+                _core.REFRESH, [self.key], [self.value, str(self.px)], _core.check_timeout(timeout)
+            )
+        except redis.ResponseError as exc:
+            raise _core.map_response_error(exc, self.key) from exc
+        if not int(ok):
+            raise LockNotHeldError(self.key, "refresh")
+        self._proved(started)
+
+    def unlock(self, timeout: float | None = 1.0) -> None:
+        """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
+        try:
+            ok = self._client._eval(
+                _core.RELEASE, [self.key], [self.value, _core.release_channel(self.key)],
+                _core.check_timeout(timeout),
+            )
+        except redis.ResponseError as exc:
+            raise _core.map_response_error(exc, self.key) from exc
+        self.valid_until = float("-inf")
+        if not int(ok):
+            raise LockNotHeldError(self.key, "unlock")
+
+    def is_valid(self) -> bool:
+        """True while the last proof of ownership is younger than the expiration."""
+        return time.monotonic() < self.valid_until
+
+    def auto_refresh(
+        self,
+        interval: float | None = None,
+        timeout: float | None = 1.0,
+        max_retry: int = 3,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> AutoRefresh:
+        """Refresh every `interval` (default expiration/3) in a background thread.
+
+        A refresh that times out (or cannot connect) is retried at once, up to
+        `max_retry` times; a lost lock or exhausted retries stop it and are reported
+        through the handle's `error`/`wait()` and `on_failure`.
+        """
+        return AutoRefresh(
+            self, _core.auto_refresh_interval(self.expiration, interval), timeout, max_retry,
+            on_failure,
+        )
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.unlock()
+        except LockError:
+            if exc is None:
+                raise
+
+
+class AutoRefresh:
+    """Handle of a background refresher: `stop()` it, or `wait()` for its failure."""
+
+    def __init__(
+        self, lock: Lock, interval: float, timeout: float | None, max_retry: int,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        if max_retry < 0:
+            raise ValueError(f"max_retry must be >= 0, got {max_retry!r}")
+        self.lock = lock
+        self.interval = interval
+        self.timeout = timeout
+        self.max_retry = max_retry
+        self.error: BaseException | None = None
+        self._on_failure = on_failure
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"leaderd-refresh:{lock.key}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self._refresh_once()
+        except BaseException as exc:
+            self.error = exc
+            if self._on_failure is not None:
+                self._on_failure(exc)
+        finally:
+            self._done.set()
+
+    def _refresh_once(self) -> None:
+        for attempt in range(self.max_retry + 1):
+            if self._stop.is_set():
+                return
+            try:
+                self.lock.refresh(self.timeout)
+                return
+            except TRANSIENT as exc:
+                if attempt == self.max_retry:
+                    raise MaxRetryError(self.lock.key, attempt + 1, None) from exc
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the refresher ends; True if it ended (check `error`)."""
+        return self._done.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop refreshing (the lock is kept until it expires or is unlocked)."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> AutoRefresh:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,333 @@
+"""The synchronous lock client against a real redis-server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+import leaderd
+from leaderd import (
+    FailedToPreemptLockError,
+    FixedIntervalStrategy,
+    LockClient,
+    LockError,
+    LockNotHeldError,
+    MaxRetryError,
+)
+from leaderd._core import fence_key
+from leaderd.devserver import RedisServer, counting_connection_class
+
+from .conftest import wait_for
+
+
+@pytest.fixture
+def client(r: redis.Redis) -> LockClient:
+    return LockClient(r)
+
+
+def test_try_lock_acquires_and_reports_holder(client: LockClient, r: redis.Redis) -> None:
+    lock = client.try_lock("jobs", expiration=5)
+    assert r.get("jobs") == lock.value.encode()
+    assert 4000 < r.pttl("jobs") <= 5000
+    with pytest.raises(FailedToPreemptLockError) as err:
+        client.try_lock("jobs", expiration=5)
+    assert err.value.holder == lock.value
+    assert err.value.ttl is not None and 4 < err.value.ttl <= 5
+
+
+def test_values_are_unique_per_lock(client: LockClient) -> None:
+    values = set()
+    for i in range(100):
+        lock = client.try_lock(f"k{i}", expiration=1)
+        values.add(lock.value)
+    assert len(values) == 100
+
+
+def test_refresh_extends_with_the_original_expiration(client: LockClient, r: redis.Redis) -> None:
+    lock = client.try_lock("jobs", expiration=2)
+    r.pexpire("jobs", 100)
+    before = lock.valid_until
+    lock.refresh()
+    assert 1900 < r.pttl("jobs") <= 2000
+    assert lock.valid_until >= before
+    assert lock.is_valid()
+
+
+def test_refresh_and_unlock_never_touch_someone_elses_lock(
+    client: LockClient, r: redis.Redis
+) -> None:
+    lock = client.try_lock("jobs", expiration=0.05)
+    wait_for(lambda: r.get("jobs") is None)
+    other = client.try_lock("jobs", expiration=5)
+    with pytest.raises(LockNotHeldError):
+        lock.refresh()
+    with pytest.raises(LockNotHeldError):
+        lock.unlock()
+    assert r.get("jobs") == other.value.encode()
+    assert r.pttl("jobs") > 4000
+    other.unlock()
+    assert r.get("jobs") is None
+    with pytest.raises(LockNotHeldError):
+        other.refresh()
+
+
+def test_context_manager_releases(client: LockClient, r: redis.Redis) -> None:
+    with client.lock("jobs", expiration=5) as lock:
+        assert r.get("jobs") == lock.value.encode()
+    assert r.get("jobs") is None
+    assert not lock.is_valid()
+
+
+def test_context_manager_reports_a_lost_lock(client: LockClient, r: redis.Redis) -> None:
+    with pytest.raises(LockNotHeldError), client.lock("jobs", expiration=5):
+        r.delete("jobs")
+
+
+def test_context_manager_keeps_the_body_exception(client: LockClient, r: redis.Redis) -> None:
+    with pytest.raises(ZeroDivisionError), client.lock("jobs", expiration=5):
+        r.delete("jobs")
+        1 / 0  # noqa: B018
+
+
+def test_max_retry_error_counts_attempts_and_names_holder(client: LockClient) -> None:
+    holder = client.try_lock("jobs", expiration=5)
+    started = time.monotonic()
+    with pytest.raises(MaxRetryError) as err:
+        client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.05, max_retry=3))
+    elapsed = time.monotonic() - started
+    assert err.value.holder == holder.value
+    # 1 first try + 1 check right after subscribing + 3 strategy retries
+    assert err.value.attempts == 5
+    assert 0.14 < elapsed < 2.0
+    assert "after 5 attempts" in str(err.value)
+
+
+def test_max_retry_zero_means_one_attempt(client: LockClient) -> None:
+    client.try_lock("jobs", expiration=5)
+    with pytest.raises(MaxRetryError) as err:
+        client.lock("jobs", retry=FixedIntervalStrategy(1, max_retry=0))
+    assert err.value.attempts == 1
+
+
+def test_release_wakes_a_waiter_at_once(client: LockClient) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    got: list[float] = []
+
+    def wait() -> None:
+        lock = client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(10, max_retry=3))
+        got.append(time.monotonic())
+        lock.unlock()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)  # let the waiter block; its next scheduled retry is ~10 s away
+    released = time.monotonic()
+    holder.unlock()
+    thread.join(5)
+    assert got, "waiter did not acquire"
+    assert got[0] - released < 0.1
+
+
+def test_waiter_never_sleeps_past_the_holders_ttl(client: LockClient) -> None:
+    client.try_lock("jobs", expiration=0.3)  # never released: it must expire
+    started = time.monotonic()
+    lock = client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(10, max_retry=3))
+    assert time.monotonic() - started < 1.0
+    lock.unlock()
+
+
+def test_timed_out_attempt_that_succeeded_is_recognised(
+    client: LockClient, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    blocker = redis.Redis.from_url(redis_server.url)
+    thread = threading.Thread(target=blocker.execute_command, args=("DEBUG", "SLEEP", "0.4"))
+    thread.start()
+    time.sleep(0.05)
+    lock = client.lock(
+        "jobs", value="mine", expiration=5, timeout=0.1, retry=FixedIntervalStrategy(0.05, 20)
+    )
+    thread.join()
+    # Both the timed-out attempt and its retry ran; only one acquisition happened.
+    assert lock.value == "mine"
+    assert int(r.get(fence_key("jobs"))) == lock.fencing_token
+    lock.unlock()
+
+
+def test_existing_value_is_extended_not_reacquired(client: LockClient, r: redis.Redis) -> None:
+    first = client.try_lock("jobs", value="v", expiration=1)
+    again = client.try_lock("jobs", value="v", expiration=5)
+    assert again.fencing_token == first.fencing_token
+    assert r.pttl("jobs") > 4000
+
+
+def test_fencing_tokens_strictly_increase_even_after_data_loss(
+    client: LockClient, redis_server: RedisServer
+) -> None:
+    tokens = []
+    for _ in range(50):
+        lock = client.try_lock("jobs", expiration=5)
+        tokens.append(lock.fencing_token)
+        lock.unlock()
+    redis_server.flushall()
+    tokens.append(client.try_lock("jobs", expiration=5).fencing_token)
+    redis_server.restart()  # no persistence: everything is gone
+    tokens.append(client.try_lock("jobs", expiration=5).fencing_token)
+    assert all(b > a for a, b in zip(tokens, tokens[1:], strict=False)), tokens
+
+
+def test_fence_key_shares_the_hash_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = ["jobs", "leaderd:{jobs}", "a{b}c", "x{}y", "a}b{", "}", "ünï cödé", "k" * 1024]
+    for key in keys:
+        assert key_slot(fence_key(key).encode()) == key_slot(key.encode())
+    assert len({fence_key(k) for k in keys}) == len(keys)
+
+
+def test_wrong_type_key_is_a_clear_lock_error(client: LockClient, r: redis.Redis) -> None:
+    r.lpush("jobs", "x")
+    with pytest.raises(LockError, match="wrong type"):
+        client.try_lock("jobs", expiration=1)
+    with pytest.raises(LockError, match="wrong type"):
+        client.lock("jobs", expiration=1, retry=FixedIntervalStrategy(0.01, 2))
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "10", True])
+def test_bad_expiration_is_rejected(client: LockClient, bad: object) -> None:
+    with pytest.raises(ValueError, match="expiration"):
+        client.try_lock("jobs", expiration=bad)  # type: ignore[arg-type]
+
+
+def test_scripts_are_reloaded_after_script_flush(client: LockClient, r: redis.Redis) -> None:
+    lock = client.try_lock("jobs", expiration=5)
+    r.script_flush()
+    lock.refresh()
+    r.script_flush()
+    lock.unlock()
+    r.script_flush()
+    client.try_lock("jobs", expiration=5)
+
+
+def test_one_round_trip_per_operation(redis_server: RedisServer) -> None:
+    counting = counting_connection_class()
+    client = LockClient(
+        redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+            redis_server.url, connection_class=counting))
+    )
+    warm = client.try_lock("warmup", expiration=5)  # scripts get cached, socket opened
+    warm.refresh()
+    warm.unlock()
+    before = counting.sent
+    lock = client.lock("jobs", expiration=5)
+    assert counting.sent - before == 1
+    lock.refresh()
+    assert counting.sent - before == 2
+    lock.unlock()
+    assert counting.sent - before == 3
+
+
+def test_decode_responses_client_works(redis_server: RedisServer) -> None:
+    client = LockClient(redis.Redis.from_url(redis_server.url, decode_responses=True))
+    lock = client.try_lock("jobs", expiration=5)
+    assert isinstance(lock.value, str) and lock.fencing_token > 0
+    lock.refresh()
+    lock.unlock()
+
+
+def test_lock_retries_while_redis_is_down(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory()
+    client = LockClient(redis.Redis.from_url(server.url, socket_connect_timeout=0.2))
+    server.kill()
+    threading.Timer(0.3, server.start).start()
+    lock = client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.05, 200))
+    assert lock.fencing_token > 0
+
+
+def test_redis_down_and_no_retries_left_is_max_retry_error(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory()
+    client = LockClient(redis.Redis.from_url(server.url, socket_connect_timeout=0.2))
+    server.kill()
+    with pytest.raises(MaxRetryError, match="Redis did not answer") as err:
+        client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.01, 2))
+    assert isinstance(err.value.__cause__, redis.ConnectionError)
+
+
+def test_auto_refresh_keeps_the_lock_alive(client: LockClient, r: redis.Redis) -> None:
+    lock = client.try_lock("jobs", expiration=0.3)
+    with lock.auto_refresh(interval=0.05) as refresher:
+        time.sleep(0.8)
+        assert r.get("jobs") == lock.value.encode()
+        assert refresher.running and refresher.error is None
+    assert not refresher.running
+
+
+def test_auto_refresh_reports_a_lost_lock(client: LockClient, r: redis.Redis) -> None:
+    lock = client.try_lock("jobs", expiration=1)
+    failures: list[BaseException] = []
+    refresher = lock.auto_refresh(interval=0.05, on_failure=failures.append)
+    r.delete("jobs")
+    assert refresher.wait(2)
+    assert isinstance(refresher.error, LockNotHeldError)
+    assert failures == [refresher.error]
+
+
+def test_auto_refresh_gives_up_after_max_retry_timeouts(
+    client: LockClient, redis_server: RedisServer
+) -> None:
+    lock = client.try_lock("jobs", expiration=5)
+    refresher = lock.auto_refresh(interval=0.05, timeout=0.05, max_retry=2)
+    redis_server.pause()
+    try:
+        assert refresher.wait(3)
+    finally:
+        redis_server.resume()
+    assert isinstance(refresher.error, MaxRetryError)
+    assert refresher.error.attempts == 3
+    assert isinstance(refresher.error.__cause__, redis.TimeoutError)
+
+
+def test_many_threads_mutual_exclusion(client: LockClient) -> None:
+    counter = {"n": 0}
+    retry = FixedIntervalStrategy(0.01, None)
+
+    def work() -> None:
+        for _ in range(25):
+            with client.lock("counter", expiration=5, retry=retry):
+                n = counter["n"]
+                time.sleep(0.0005)
+                counter["n"] = n + 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert counter["n"] == 200
+
+
+def _process_worker(url: str, rounds: int) -> None:
+    r = redis.Redis.from_url(url)
+    client = leaderd.LockClient(r)
+    for _ in range(rounds):
+        with client.lock("counter", expiration=5, retry=FixedIntervalStrategy(0.01, None)):
+            n = int(r.get("n") or 0)
+            time.sleep(0.001)
+            r.set("n", n + 1)
+
+
+def test_many_processes_mutual_exclusion(r: redis.Redis, redis_server: RedisServer) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_worker, args=(redis_server.url, 20)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert int(r.get("n") or 0) == 80
