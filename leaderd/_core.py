@@ -168,9 +168,7 @@ class LockBase:
 
     __slots__ = ("acquired_at", "expiration", "fencing_token", "key", "valid_until", "value")
 
-    def __init__(
-        self, key: str, value: str, expiration: float, token: int, started: float
-    ) -> None:
+    def __init__(self, key: str, value: str, expiration: float, token: int, started: float) -> None:
         self.key = key
         self.value = value  #: the exact value stored in Redis for this lock
         self.expiration = expiration  #: lease length in seconds, reused by refresh

@@ -133,8 +133,9 @@ class AsyncLockClient:
                     last_error = exc
                 else:
                     if result.acquired:
-                        return AsyncLock(self, key, result.value or value, expiration,
-                                         result.token or 0, started)
+                        return AsyncLock(
+                            self, key, result.value or value, expiration, result.token or 0, started
+                        )
                     holder, last_error = result.holder, None
                     if result.ttl is not None and result.ttl >= 0:
                         expires_at = started + result.ttl
@@ -160,7 +161,9 @@ class AsyncLockClient:
             if waiter is not None:
                 await waiter.close()
 
-    async def get_holder(self, key: str, timeout: float | None = 1.0) -> tuple[str | None, float | None]:
+    async def get_holder(
+        self, key: str, timeout: float | None = 1.0
+    ) -> tuple[str | None, float | None]:
         """The value stored under `key` and its remaining lease in seconds (None if free)."""
         async with asyncio.timeout(timeout):
             pipe = self.redis.pipeline(transaction=False)
@@ -223,7 +226,12 @@ class AsyncLock(LockBase):
     __slots__ = ("_client",)
 
     def __init__(
-        self, client: AsyncLockClient, key: str, value: str, expiration: float, token: int,
+        self,
+        client: AsyncLockClient,
+        key: str,
+        value: str,
+        expiration: float,
+        token: int,
         started: float,
     ) -> None:
         super().__init__(key, value, expiration, token, started)
@@ -294,7 +302,9 @@ class AsyncLock(LockBase):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         try:

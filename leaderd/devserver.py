@@ -74,9 +74,21 @@ class RedisServer:
 
     def args(self) -> list[str]:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir,
-            "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -85,14 +97,18 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it accepts connections."""
         self.proc = subprocess.Popen(
-            self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            self.args(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
-                                   f"see {self.dir}/redis.log")
+                raise RuntimeError(
+                    f"redis-server exited with {self.proc.returncode}: see {self.dir}/redis.log"
+                )
             if self.ping():
                 return self
             time.sleep(0.01)
@@ -168,6 +184,6 @@ def counting_connection_class() -> type:
 
         def send_command(self, *args: object, **kwargs: object) -> None:
             type(self).sent += 1
-            super().send_command(*args, **kwargs)
+            super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     return CountingConnection

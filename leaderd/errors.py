@@ -28,9 +28,7 @@ class LockNotHeldError(LockError):
     def __init__(self, key: str, operation: str) -> None:
         self.key = key
         self.operation = operation
-        super().__init__(
-            f"cannot {operation} lock {key!r}: it expired or is held by someone else"
-        )
+        super().__init__(f"cannot {operation} lock {key!r}: it expired or is held by someone else")
 
 
 class MaxRetryError(LockError):

@@ -180,8 +180,9 @@ class LockClient:
                     last_error = exc
                 else:
                     if result.acquired:
-                        return Lock(self, key, result.value or value, expiration,
-                                    result.token or 0, started)
+                        return Lock(
+                            self, key, result.value or value, expiration, result.token or 0, started
+                        )
                     holder, last_error = result.holder, None
                     if result.ttl is not None and result.ttl >= 0:
                         expires_at = started + result.ttl
@@ -254,7 +255,7 @@ class _Waiter:
     """A release-channel subscription used only while `lock()` waits for a holder."""
 
     def __init__(self, client: redis.Redis, channel: str, timeout: float | None) -> None:
-        self.pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         self.subscribed = False
         try:
             self.pubsub.subscribe(channel)
@@ -295,7 +296,12 @@ class Lock(LockBase):
     __slots__ = ("_client",)
 
     def __init__(
-        self, client: LockClient, key: str, value: str, expiration: float, token: int,
+        self,
+        client: LockClient,
+        key: str,
+        value: str,
+        expiration: float,
+        token: int,
         started: float,
     ) -> None:
         super().__init__(key, value, expiration, token, started)
@@ -318,7 +324,9 @@ class Lock(LockBase):
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
         try:
             ok = self._client._eval(
-                _core.RELEASE, [self.key], [self.value, _core.release_channel(self.key)],
+                _core.RELEASE,
+                [self.key],
+                [self.value, _core.release_channel(self.key)],
                 _core.check_timeout(timeout),
             )
         except redis.ResponseError as exc:
@@ -345,7 +353,10 @@ class Lock(LockBase):
         through the handle's `error`/`wait()` and `on_failure`.
         """
         return AutoRefresh(
-            self, _core.auto_refresh_interval(self.expiration, interval), timeout, max_retry,
+            self,
+            _core.auto_refresh_interval(self.expiration, interval),
+            timeout,
+            max_retry,
             on_failure,
         )
 
@@ -353,7 +364,9 @@ class Lock(LockBase):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         try:
@@ -367,7 +380,11 @@ class AutoRefresh:
     """Handle of a background refresher: `stop()` it, or `wait()` for its failure."""
 
     def __init__(
-        self, lock: Lock, interval: float, timeout: float | None, max_retry: int,
+        self,
+        lock: Lock,
+        interval: float,
+        timeout: float | None,
+        max_retry: int,
         on_failure: Callable[[BaseException], None] | None,
     ) -> None:
         if max_retry < 0:

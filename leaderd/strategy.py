@@ -70,9 +70,7 @@ class NonFixedIntervalStrategy:
         _check_positive("max_interval", max_interval)
         _check_max_retry(max_retry)
         if max_interval < interval:
-            raise ValueError(
-                f"max_interval ({max_interval}) must be >= interval ({interval})"
-            )
+            raise ValueError(f"max_interval ({max_interval}) must be >= interval ({interval})")
         if not (isinstance(multiplier, int | float) and 1.0 <= multiplier <= 1000):
             raise ValueError(f"multiplier must be between 1 and 1000, got {multiplier!r}")
         if not (isinstance(jitter, int | float) and 0.0 <= jitter < 1.0):

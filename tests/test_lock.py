@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import threading
 import time
@@ -177,7 +178,7 @@ def test_fencing_tokens_strictly_increase_even_after_data_loss(
     tokens.append(client.try_lock("jobs", expiration=5).fencing_token)
     redis_server.restart()  # no persistence: everything is gone
     tokens.append(client.try_lock("jobs", expiration=5).fencing_token)
-    assert all(b > a for a, b in zip(tokens, tokens[1:], strict=False)), tokens
+    assert all(b > a for a, b in itertools.pairwise(tokens)), tokens
 
 
 def test_fence_key_shares_the_hash_slot() -> None:
@@ -216,8 +217,11 @@ def test_scripts_are_reloaded_after_script_flush(client: LockClient, r: redis.Re
 def test_one_round_trip_per_operation(redis_server: RedisServer) -> None:
     counting = counting_connection_class()
     client = LockClient(
-        redis.Redis(connection_pool=redis.ConnectionPool.from_url(
-            redis_server.url, connection_class=counting))
+        redis.Redis(
+            connection_pool=redis.ConnectionPool.from_url(
+                redis_server.url, connection_class=counting
+            )
+        )
     )
     warm = client.try_lock("warmup", expiration=5)  # scripts get cached, socket opened
     warm.refresh()
