@@ -11,13 +11,15 @@ import hashlib
 import itertools
 import math
 import secrets
+import time
 from dataclasses import dataclass
 from importlib import resources
 
 import redis
 from redis.crc import key_slot
 
-from .errors import LockError
+from .errors import LockError, MaxRetryError
+from .strategy import RetryStrategy
 
 #: Channel prefix on which a release is announced; waiters subscribe to it.
 RELEASE_CHANNEL_PREFIX = "leaderd:released:"
@@ -71,20 +73,48 @@ def _hash_tag(key: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def fence_key(key: str) -> str:
-    """The fencing-counter key, in the same Redis Cluster hash slot as `key`."""
+def _slot_prefix(key: str) -> str:
+    """A prefix for helper keys that hash to the same Redis Cluster slot as `key`."""
     if _hash_tag(key) is not None:
-        return key + FENCE_SUFFIX  # the suffix keeps the key's own hash tag
+        return key  # a suffix keeps the key's own hash tag
     if "{" not in key and "}" not in key:
-        return "{" + key + "}" + FENCE_SUFFIX  # tag = the whole key = same slot
+        return "{" + key + "}"  # tag = the whole key = the same slot
     # Braces but no usable tag (e.g. "a}b{"): find a short tag with the same slot.
-    # The search is deterministic, so every client derives the same fence key.
+    # The search is deterministic, so every client derives the same keys.
     slot = key_slot(key.encode())
     for n in itertools.count():
         tag = f"f{n:x}"
         if key_slot(tag.encode()) == slot:
-            return "{" + tag + "}" + FENCE_SUFFIX + ":" + key
+            return "{" + tag + "}:" + key
     raise AssertionError("unreachable")
+
+
+def fence_key(key: str) -> str:
+    """The fencing-counter key, in the same Redis Cluster hash slot as `key`."""
+    return _slot_prefix(key) + FENCE_SUFFIX
+
+
+def helper_keys(key: str) -> list[str]:
+    """Waiter queue, waiter expiries and hand-over reservation keys for `key`."""
+    prefix = _slot_prefix(key)
+    return [prefix + ":waiters", prefix + ":waiters:exp", prefix + ":next"]
+
+
+def _bulk(part: str) -> bytes:
+    data = part.encode("utf-8")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed_head(sha: str, keys: tuple[str, ...]) -> bytes:
+    return b"".join(_bulk(p) for p in ("EVALSHA", sha, str(len(keys)), *keys))
+
+
+def pack_evalsha(script: Script, keys: list[str], args: list[str]) -> bytes:
+    """The RESP bytes of EVALSHA; the constant head per (script, keys) is cached."""
+    head = _packed_head(script.sha, tuple(keys))
+    count = 3 + len(keys) + len(args)
+    return b"*%d\r\n%s%s" % (count, head, b"".join(_bulk(a) for a in args))
 
 
 def release_channel(key: str) -> str:
@@ -128,8 +158,21 @@ def check_value(value: str | None, embed_token: bool) -> str:
     return value
 
 
-def acquire_args(key: str, value: str, px: int, embed_token: bool) -> tuple[list[str], list[str]]:
-    return [key, fence_key(key)], [value, str(px), "1" if embed_token else "0"]
+#: How long a released lock is reserved for the waiter it was handed to.
+HANDOFF_SECONDS = 0.05
+
+
+def acquire_args(
+    key: str, value: str, px: int, embed_token: bool, wait_ms: int = 0
+) -> tuple[list[str], list[str]]:
+    """Keys and args of the acquire script; `wait_ms` > 0 queues a waiting caller."""
+    keys = [key, fence_key(key), *helper_keys(key)]
+    return keys, [value, str(px), "1" if embed_token else "0", str(wait_ms)]
+
+
+def release_args(key: str, value: str) -> tuple[list[str], list[str]]:
+    keys = [key, *helper_keys(key)]
+    return keys, [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000))]
 
 
 def _text(raw: object) -> str:
@@ -143,13 +186,84 @@ def parse_acquire(reply: object) -> AcquireResult:
     if int(ok) == 1:
         return AcquireResult(True, token=int(_text(a)), value=_text(b))
     pttl = int(b)
-    return AcquireResult(False, holder=_text(a), ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
+    holder = None if a is None else _text(a)  # None: reserved for a waiting client
+    return AcquireResult(False, holder=holder, ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
 
 
 def is_noscript(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.NoScriptError) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith("NOSCRIPT")
     )
+
+
+def waiter_channels(key: str, value: str) -> list[str]:
+    """A waiter hears releases with nobody queued, and hand-overs to itself."""
+    return [release_channel(key), release_channel(key) + "|" + value]
+
+
+class RetryPlan:
+    """The bookkeeping of one `lock()` call, shared by the sync and async clients.
+
+    The strategy decides when to give up and how often to poll; release messages and
+    the holder's lease expiry trigger extra attempts in between, which do not count
+    as strategy retries.
+    """
+
+    __slots__ = (
+        "attempts",
+        "expires_at",
+        "holder",
+        "key",
+        "last_error",
+        "next_retry_at",
+        "retries",
+        "strategy",
+    )
+
+    def __init__(self, key: str, strategy: RetryStrategy) -> None:
+        self.key = key
+        self.strategy = strategy
+        self.attempts = 0
+        self.retries = 0
+        self.next_retry_at = 0.0
+        self.expires_at: float | None = None
+        self.holder: str | None = None
+        self.last_error: Exception | None = None
+
+    def wait_ms(self, now: float) -> int:
+        """How long to stay queued as a waiter after this attempt (0: not waiting yet)."""
+        if self.attempts == 0:
+            return 0
+        return round((max(0.0, self.next_retry_at - now) + 1.0) * 1000)
+
+    def failed(self, started: float, result: AcquireResult | None, error: Exception | None) -> bool:
+        """Record a failed attempt; True if a strategy retry was scheduled just now.
+
+        Raises `MaxRetryError` when the strategy gives up.
+        """
+        self.attempts += 1
+        self.expires_at = None
+        self.last_error = error
+        if result is not None:
+            self.holder = result.holder
+            if result.ttl is not None and result.ttl >= 0:
+                self.expires_at = started + result.ttl
+        now = time.monotonic()
+        if now < self.next_retry_at:
+            return False
+        self.retries += 1
+        delay = self.strategy.next_delay(self.retries)
+        if delay is None:
+            raise MaxRetryError(
+                self.key, self.attempts, self.holder, redis_failed=error is not None
+            ) from error
+        self.next_retry_at = now + delay
+        return True
+
+    def wake_at(self) -> float:
+        if self.expires_at is None:
+            return self.next_retry_at
+        return min(self.next_retry_at, self.expires_at + 0.001)
 
 
 def map_response_error(exc: redis.ResponseError, key: str) -> Exception:

@@ -70,9 +70,15 @@ class AsyncLockClient:
             await pool.release(conn)
 
     async def _acquire(
-        self, key: str, value: str, px: int, timeout: float | None, embed_token: bool
+        self,
+        key: str,
+        value: str,
+        px: int,
+        timeout: float | None,
+        embed_token: bool,
+        wait_ms: int = 0,
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed_token)
+        keys, args = _core.acquire_args(key, value, px, embed_token, wait_ms)
         try:
             return _core.parse_acquire(await self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -116,50 +122,42 @@ class AsyncLockClient:
         px = _core.check_expiration(expiration)
         value = _core.check_value(value, embed_token)
         timeout = _core.check_timeout(timeout)
-        strategy = retry if retry is not None else DEFAULT_RETRY
+        plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         waiter: _AsyncWaiter | None = None
-        attempts = retries = 0
-        holder: str | None = None
-        last_error: Exception | None = None
-        next_retry_at = 0.0
         try:
             while True:
                 started = time.monotonic()
-                attempts += 1
-                expires_at: float | None = None
+                result: AcquireResult | None = None
+                error: Exception | None = None
                 try:
-                    result = await self._acquire(key, value, px, timeout, embed_token)
+                    result = await self._acquire(
+                        key, value, px, timeout, embed_token, plan.wait_ms(started)
+                    )
                 except TRANSIENT as exc:
-                    last_error = exc
-                else:
-                    if result.acquired:
-                        return AsyncLock(
-                            self, key, result.value or value, expiration, result.token or 0, started
-                        )
-                    holder, last_error = result.holder, None
-                    if result.ttl is not None and result.ttl >= 0:
-                        expires_at = started + result.ttl
-                now = time.monotonic()
-                if now >= next_retry_at:
-                    retries += 1
-                    delay = strategy.next_delay(retries)
-                    if delay is None:
-                        raise MaxRetryError(key, attempts, holder) from last_error
-                    next_retry_at = now + delay
-                    if waiter is None and last_error is None:
-                        waiter = await _AsyncWaiter.start(
-                            self.redis, _core.release_channel(key), timeout
-                        )
-                        if waiter.subscribed:
-                            continue  # a release may have slipped in before we listened
-                wake_at = next_retry_at if expires_at is None else min(next_retry_at, expires_at)
-                if waiter is not None and waiter.subscribed:
-                    await waiter.wait(wake_at - time.monotonic())
-                else:
-                    await asyncio.sleep(max(0.0, wake_at - time.monotonic()))
+                    error = exc
+                if result is not None and result.acquired:
+                    return AsyncLock(
+                        self, key, result.value or value, expiration, result.token or 0, started
+                    )
+                if plan.failed(started, result, error) and waiter is None and error is None:
+                    waiter = await _AsyncWaiter.start(
+                        self.redis, _core.waiter_channels(key, value), timeout
+                    )
+                    if waiter.subscribed:
+                        continue  # a release may have slipped in before we listened
+                await self._wait(plan.wake_at(), waiter)
         finally:
             if waiter is not None:
                 await waiter.close()
+
+    @staticmethod
+    async def _wait(wake_at: float, waiter: _AsyncWaiter | None) -> None:
+        """Sleep until `wake_at`, or until a release hands the lock to us (or to anyone)."""
+        left = wake_at - time.monotonic()
+        if waiter is not None and waiter.subscribed:
+            await waiter.wait(left)
+        elif left > 0:
+            await asyncio.sleep(left)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -185,30 +183,31 @@ class _AsyncWaiter:
 
     @classmethod
     async def start(
-        cls, client: redis.asyncio.Redis, channel: str, timeout: float | None
+        cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
     ) -> _AsyncWaiter:
         self = cls(client.pubsub(ignore_subscribe_messages=False))
         try:
             async with asyncio.timeout(timeout or 1.0):
-                await self.pubsub.subscribe(channel)
-                while not self.subscribed:
+                await self.pubsub.subscribe(*channels)
+                confirmed = 0
+                while confirmed < len(channels):
                     msg = await self.pubsub.get_message(timeout=1.0)
-                    self.subscribed = bool(msg and msg.get("type") in ("subscribe", b"subscribe"))
+                    if msg and msg.get("type") in ("subscribe", b"subscribe"):
+                        confirmed += 1
+                self.subscribed = True
         except (*TRANSIENT, TimeoutError):
             await self.close()
         return self
 
     async def wait(self, seconds: float) -> bool:
-        """Wait up to `seconds`; True if a release was announced."""
+        """Wait up to `seconds`; True if a release woke us."""
         deadline = time.monotonic() + max(0.0, seconds)
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
+            while (left := deadline - time.monotonic()) > 0:
                 msg = await self.pubsub.get_message(timeout=left)
                 if msg and msg.get("type") in ("message", b"message"):
                     return True
+            return False
         except TRANSIENT:
             self.subscribed = False
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -257,9 +256,8 @@ class AsyncLock(LockBase):
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
         timeout = _core.check_timeout(timeout)
         try:
-            ok = await self._client._eval(
-                _core.RELEASE, [self.key], [self.value, _core.release_channel(self.key)], timeout
-            )
+            keys, args = _core.release_args(self.key, self.value)
+            ok = await self._client._eval(_core.RELEASE, keys, args, timeout)
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, self.key) from exc
         except TimeoutError as exc:

@@ -176,14 +176,14 @@ def _resp(*parts: str) -> bytes:
 
 
 def counting_connection_class() -> type:
-    """A redis-py Connection class that counts the commands it sends (for tests, benches)."""
+    """A redis-py Connection class that counts the requests it writes (tests, benches)."""
     import redis
 
     class CountingConnection(redis.Connection):
         sent = 0
 
-        def send_command(self, *args: object, **kwargs: object) -> None:
+        def send_packed_command(self, command: object, check_health: bool = True) -> None:
             type(self).sent += 1
-            super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
     return CountingConnection

@@ -19,7 +19,8 @@ class FailedToPreemptLockError(LockError):
         self.holder = holder
         self.ttl = ttl
         ttl_text = f", expires in {ttl:.3f}s" if ttl is not None and ttl >= 0 else ""
-        super().__init__(f"lock {key!r} is held by {holder!r}{ttl_text}")
+        who = f"held by {holder!r}" if holder is not None else "reserved for a waiting client"
+        super().__init__(f"lock {key!r} is {who}{ttl_text}")
 
 
 class LockNotHeldError(LockError):
@@ -34,9 +35,16 @@ class LockNotHeldError(LockError):
 class MaxRetryError(LockError):
     """The retry strategy ran out before the lock could be acquired."""
 
-    def __init__(self, key: str, attempts: int, holder: str | None) -> None:
+    def __init__(
+        self, key: str, attempts: int, holder: str | None, redis_failed: bool = False
+    ) -> None:
         self.key = key
         self.attempts = attempts
         self.holder = holder
-        who = f"held by {holder!r}" if holder is not None else "Redis did not answer"
+        if redis_failed:
+            who = "Redis did not answer"
+        elif holder is not None:
+            who = f"held by {holder!r}"
+        else:
+            who = "handed over to a client that was waiting longer"
         super().__init__(f"gave up on lock {key!r} after {attempts} attempts ({who})")

@@ -77,13 +77,15 @@ class LockClient:
                     conn.connect()
                 else:
                     _connect_within(conn, timeout)
+            packed = _core.pack_evalsha(script, keys, args)
             try:
-                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                conn.send_packed_command([packed], check_health=False)
             except redis.ConnectionError:
                 # A socket that died while idle (e.g. Redis restarted): the command
                 # was not sent, so one resend on a fresh socket is safe.
                 conn.disconnect()
-                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                conn.connect()
+                conn.send_packed_command([packed], check_health=False)
             try:
                 return self._read(conn, timeout)
             except redis.ResponseError as exc:
@@ -113,9 +115,15 @@ class LockClient:
             return self.redis.eval(script.source, len(keys), *keys, *args)
 
     def _acquire(
-        self, key: str, value: str, px: int, timeout: float | None, embed_token: bool
+        self,
+        key: str,
+        value: str,
+        px: int,
+        timeout: float | None,
+        embed_token: bool,
+        wait_ms: int = 0,
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed_token)
+        keys, args = _core.acquire_args(key, value, px, embed_token, wait_ms)
         try:
             return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -163,48 +171,40 @@ class LockClient:
         px = _core.check_expiration(expiration)
         value = _core.check_value(value, embed_token)
         timeout = _core.check_timeout(timeout)
-        strategy = retry if retry is not None else DEFAULT_RETRY
+        plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         waiter: _Waiter | None = None
-        attempts = retries = 0
-        holder: str | None = None
-        last_error: Exception | None = None
-        next_retry_at = 0.0
         try:
             while True:
                 started = time.monotonic()
-                attempts += 1
-                expires_at: float | None = None
+                result: AcquireResult | None = None
+                error: Exception | None = None
                 try:
-                    result = self._acquire(key, value, px, timeout, embed_token)
+                    result = self._acquire(
+                        key, value, px, timeout, embed_token, plan.wait_ms(started)
+                    )
                 except TRANSIENT as exc:
-                    last_error = exc
-                else:
-                    if result.acquired:
-                        return Lock(
-                            self, key, result.value or value, expiration, result.token or 0, started
-                        )
-                    holder, last_error = result.holder, None
-                    if result.ttl is not None and result.ttl >= 0:
-                        expires_at = started + result.ttl
-                now = time.monotonic()
-                if now >= next_retry_at:
-                    retries += 1
-                    delay = strategy.next_delay(retries)
-                    if delay is None:
-                        raise MaxRetryError(key, attempts, holder) from last_error
-                    next_retry_at = now + delay
-                    if waiter is None and last_error is None:
-                        waiter = _Waiter(self.redis, _core.release_channel(key), timeout)
-                        if waiter.subscribed:
-                            continue  # a release may have slipped in before we listened
-                wake_at = next_retry_at if expires_at is None else min(next_retry_at, expires_at)
-                if waiter is not None and waiter.subscribed:
-                    waiter.wait(wake_at - time.monotonic())
-                else:
-                    time.sleep(max(0.0, wake_at - time.monotonic()))
+                    error = exc
+                if result is not None and result.acquired:
+                    return Lock(
+                        self, key, result.value or value, expiration, result.token or 0, started
+                    )
+                if plan.failed(started, result, error) and waiter is None and error is None:
+                    waiter = _Waiter(self.redis, _core.waiter_channels(key, value), timeout)
+                    if waiter.subscribed:
+                        continue  # a release may have slipped in before we listened
+                self._wait(plan.wake_at(), waiter)
         finally:
             if waiter is not None:
                 waiter.close()
+
+    @staticmethod
+    def _wait(wake_at: float, waiter: _Waiter | None) -> None:
+        """Sleep until `wake_at`, or until a release hands the lock to us (or to anyone)."""
+        left = wake_at - time.monotonic()
+        if waiter is not None and waiter.subscribed:
+            waiter.wait(left)
+        elif left > 0:
+            time.sleep(left)
 
     def get_holder(self, key: str) -> tuple[str | None, float | None]:
         """The value stored under `key` and its remaining lease in seconds (None if free)."""
@@ -254,29 +254,40 @@ def _connect_within(conn: Any, timeout: float) -> None:
 class _Waiter:
     """A release-channel subscription used only while `lock()` waits for a holder."""
 
-    def __init__(self, client: redis.Redis, channel: str, timeout: float | None) -> None:
+    def __init__(self, client: redis.Redis, channels: list[str], timeout: float | None) -> None:
         self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         self.subscribed = False
+        self._unread = False
         try:
-            self.pubsub.subscribe(channel)
+            self.pubsub.subscribe(*channels)
             deadline = time.monotonic() + (timeout or 1.0)
-            while not self.subscribed and time.monotonic() < deadline:
+            confirmed = 0
+            while confirmed < len(channels) and time.monotonic() < deadline:
                 msg = self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-                self.subscribed = bool(msg and msg.get("type") in ("subscribe", b"subscribe"))
+                if msg and msg.get("type") in ("subscribe", b"subscribe"):
+                    confirmed += 1
+            self.subscribed = confirmed == len(channels)
         except TRANSIENT:
             self.close()
 
     def wait(self, seconds: float) -> bool:
-        """Block up to `seconds`; True if a release was announced."""
+        """Block up to `seconds`; True as soon as a release announcement arrives.
+
+        The caller retries the moment the socket turns readable; the message itself
+        is parsed on the next call (one per wake-up, so none is lost), which keeps
+        redis-py's message handling off the hand-over's critical path.
+        """
         deadline = time.monotonic() + max(0.0, seconds)
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                msg = self.pubsub.get_message(timeout=left)
-                if msg and msg.get("type") in ("message", b"message"):
-                    return True
+            if self._unread:
+                self._unread = False
+                self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            conn = self.pubsub.connection
+            left = deadline - time.monotonic()
+            if conn is not None and left > 0 and conn.can_read(timeout=left):
+                self._unread = True
+                return True
+            return False
         except TRANSIENT:
             self.subscribed = False
             time.sleep(max(0.0, deadline - time.monotonic()))
@@ -323,12 +334,8 @@ class Lock(LockBase):
     def unlock(self, timeout: float | None = 1.0) -> None:
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
         try:
-            ok = self._client._eval(
-                _core.RELEASE,
-                [self.key],
-                [self.value, _core.release_channel(self.key)],
-                _core.check_timeout(timeout),
-            )
+            keys, args = _core.release_args(self.key, self.value)
+            ok = self._client._eval(_core.RELEASE, keys, args, _core.check_timeout(timeout))
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, self.key) from exc
         self.valid_until = float("-inf")

@@ -247,8 +247,10 @@ def test_lock_retries_while_redis_is_down(redis_factory: Callable[..., RedisServ
     server = redis_factory()
     client = LockClient(redis.Redis.from_url(server.url, socket_connect_timeout=0.2))
     server.kill()
-    threading.Timer(0.3, server.start).start()
+    restarter = threading.Timer(0.3, server.start)
+    restarter.start()
     lock = client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.05, 200))
+    restarter.join(10)
     assert lock.fencing_token > 0
 
 
@@ -335,3 +337,54 @@ def test_many_processes_mutual_exclusion(r: redis.Redis, redis_server: RedisServ
         p.join(60)
         assert p.exitcode == 0
     assert int(r.get("n") or 0) == 80
+
+
+def _blocked_waiter(client: LockClient, key: str, got: list[str], name: str) -> threading.Thread:
+    def run() -> None:
+        lock = client.lock(key, expiration=5, retry=FixedIntervalStrategy(5, 3))
+        got.append(name)
+        time.sleep(0.05)
+        lock.unlock()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_release_hands_over_to_the_longest_waiter_first(client: LockClient, r: redis.Redis) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    got: list[str] = []
+    first = _blocked_waiter(client, "jobs", got, "first")
+    wait_for(lambda: r.zcard("{jobs}:waiters") == 1)
+    second = _blocked_waiter(client, "jobs", got, "second")
+    wait_for(lambda: r.zcard("{jobs}:waiters") == 2)
+    holder.unlock()
+    # A newcomer cannot jump the queue while the hand-over is reserved.
+    with pytest.raises(FailedToPreemptLockError, match="reserved for a waiting client"):
+        client.try_lock("jobs", expiration=5)
+    first.join(5)
+    second.join(5)
+    assert got == ["first", "second"]
+    assert r.exists("{jobs}:waiters", "{jobs}:waiters:exp", "{jobs}:next") == 0
+
+
+def test_a_dead_waiter_does_not_block_the_hand_over(
+    client: LockClient, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    # A waiter that queued and then vanished (its registration is still live).
+    r.zadd("{jobs}:waiters", {"ghost": 1})
+    r.zadd("{jobs}:waiters:exp", {"ghost": int(time.time() * 1000) + 60_000})
+    got: list[float] = []
+
+    def wait() -> None:
+        client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.2, 20)).unlock()
+        got.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    wait_for(lambda: r.zcard("{jobs}:waiters") == 2)
+    released = time.monotonic()
+    holder.unlock()  # reserved for "ghost", which never comes
+    thread.join(5)
+    assert got and got[0] - released < 0.5
