@@ -1,15 +1,21 @@
 """leaderd: Redis locks with fencing tokens, and leader election built on them."""
 
+from ._core import AcquireResult
 from ._version import __version__
 from .aio import AsyncLock, AsyncLockClient
+from .election import Clock, ElectionObserver, Elector, SystemClock, Term
 from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
 from .lock import AutoRefresh, Lock, LockClient
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
 __all__ = [
+    "AcquireResult",
     "AsyncLock",
     "AsyncLockClient",
     "AutoRefresh",
+    "Clock",
+    "ElectionObserver",
+    "Elector",
     "FailedToPreemptLockError",
     "FixedIntervalStrategy",
     "Lock",
@@ -19,5 +25,7 @@ __all__ = [
     "MaxRetryError",
     "NonFixedIntervalStrategy",
     "RetryStrategy",
+    "SystemClock",
+    "Term",
     "__version__",
 ]

@@ -12,6 +12,7 @@ import itertools
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -55,6 +56,10 @@ class AcquireResult:
     value: str | None = None  # the value now stored (ours when acquired)
     holder: str | None = None  # the other holder's value when not acquired
     ttl: float | None = None  # seconds left on the other holder's lease (-1: no expiry)
+
+
+#: Called after every acquire attempt of `lock()` with its result or its Redis error.
+AttemptHook = Callable[[AcquireResult | None, Exception | None], None]
 
 
 def new_value() -> str:

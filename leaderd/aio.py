@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from . import _core
-from ._core import AcquireResult, LockBase, Script
+from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
 from .lock import DEFAULT_RETRY, TRANSIENT
 from .strategy import RetryStrategy
@@ -116,6 +116,7 @@ class AsyncLockClient:
         retry: RetryStrategy | None = None,
         *,
         embed_token: bool = False,
+        on_attempt: AttemptHook | None = None,
     ) -> AsyncLock:
         """Acquire `key`, retrying under `retry`; see `LockClient.lock` for the semantics."""
         _core.check_key(key)
@@ -135,6 +136,8 @@ class AsyncLockClient:
                     )
                 except TRANSIENT as exc:
                     error = exc
+                if on_attempt is not None:
+                    on_attempt(result, error)
                 if result is not None and result.acquired:
                     return AsyncLock(
                         self, key, result.value or value, expiration, result.token or 0, started

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from . import _core
-from ._core import AcquireResult, LockBase, Script
+from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, RetryStrategy
 
@@ -159,13 +159,15 @@ class LockClient:
         retry: RetryStrategy | None = None,
         *,
         embed_token: bool = False,
+        on_attempt: AttemptHook | None = None,
     ) -> Lock:
         """Acquire `key`, retrying under `retry` (default: every 100 ms, forever).
 
         Between the strategy's retries a waiter also tries again the moment the holder
         releases (pub/sub) and when the holder's lease runs out. Each attempt is bounded
         by `timeout`; an attempt that timed out but succeeded is recognised by the next.
-        Raises `MaxRetryError` when the strategy gives up.
+        Raises `MaxRetryError` when the strategy gives up. `on_attempt(result, error)`
+        is called after every attempt (for metrics, or to learn who holds the lock).
         """
         _core.check_key(key)
         px = _core.check_expiration(expiration)
@@ -184,6 +186,8 @@ class LockClient:
                     )
                 except TRANSIENT as exc:
                     error = exc
+                if on_attempt is not None:
+                    on_attempt(result, error)
                 if result is not None and result.acquired:
                     return Lock(
                         self, key, result.value or value, expiration, result.token or 0, started

@@ -32,22 +32,37 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
-class FixedIntervalStrategy:
-    """Retry every `interval` seconds, at most `max_retry` times (None: forever, 0: never)."""
+def _check_jitter(jitter: float) -> None:
+    if not (isinstance(jitter, int | float) and 0.0 <= jitter < 1.0):
+        raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
 
-    def __init__(self, interval: float, max_retry: int | None = 10) -> None:
+
+class FixedIntervalStrategy:
+    """Retry every `interval` seconds, at most `max_retry` times (None: forever, 0: never).
+
+    `jitter` (a fraction, default 0) spreads each delay by +/- that much.
+    """
+
+    def __init__(self, interval: float, max_retry: int | None = 10, *, jitter: float = 0.0) -> None:
         _check_positive("interval", interval)
         _check_max_retry(max_retry)
+        _check_jitter(jitter)
         self.interval = float(interval)
         self.max_retry = max_retry
+        self.jitter = float(jitter)
 
     def next_delay(self, retry: int) -> float | None:
         if self.max_retry is not None and retry > self.max_retry:
             return None
+        if self.jitter:
+            return self.interval * random.uniform(1.0 - self.jitter, 1.0 + self.jitter)
         return self.interval
 
     def __repr__(self) -> str:
-        return f"FixedIntervalStrategy(interval={self.interval}, max_retry={self.max_retry})"
+        return (
+            f"FixedIntervalStrategy(interval={self.interval}, max_retry={self.max_retry}, "
+            f"jitter={self.jitter})"
+        )
 
 
 class NonFixedIntervalStrategy:
@@ -73,8 +88,7 @@ class NonFixedIntervalStrategy:
             raise ValueError(f"max_interval ({max_interval}) must be >= interval ({interval})")
         if not (isinstance(multiplier, int | float) and 1.0 <= multiplier <= 1000):
             raise ValueError(f"multiplier must be between 1 and 1000, got {multiplier!r}")
-        if not (isinstance(jitter, int | float) and 0.0 <= jitter < 1.0):
-            raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
+        _check_jitter(jitter)
         self.interval = float(interval)
         self.max_retry = max_retry
         self.max_interval = float(max_interval)

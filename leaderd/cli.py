@@ -1,0 +1,132 @@
+"""The `leaderd` command: `run` the daemon, `check` a status file, show `status` from Redis.
+
+User errors print one line and exit 1; nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+import redis
+
+from ._version import __version__
+from .config import (
+    ConfigError,
+    Option,
+    add_run_options,
+    build_run_config,
+    join_negative_values,
+    new_parser,
+    redact_url,
+)
+from .election import election_key, holder_identity
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = new_parser("leaderd")
+    parser.description = "Redis leader election sidecar and lock tool."
+    parser.add_argument("--version", action="version", version=f"leaderd {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=type(parser))
+    run = sub.add_parser(
+        "run",
+        help="contend for leadership; publish the role; "
+        "optionally run `-- CMD ARGS` only while leader",
+    )
+    run.usage = "leaderd run [options] [-- CMD ARGS...]"
+    add_run_options(run)
+    check = sub.add_parser("check", help="exit 0 iff a status file says this instance leads now")
+    check.add_argument("--status-file", required=True, metavar="FILE")
+    status = sub.add_parser("status", help="show the current leader of an election from Redis")
+    status.add_argument("--redis-url", metavar="URL")
+    status.add_argument("--redis-password-file", metavar="FILE")
+    status.add_argument("--election", metavar="NAME")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    ns = argparse.Namespace(
+        redis_url=args.redis_url, redis_password_file=args.redis_password_file,
+        election=args.election, http_addr="", identity="leaderd-status",
+    )  # fmt: skip
+    cfg = build_run_config(ns, [])
+    client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    if cfg.redis_password is not None:
+        client.connection_pool.connection_kwargs["password"] = cfg.redis_password
+    key = election_key(cfg.election)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, pttl = pipe.execute()
+    except redis.RedisError as exc:
+        raise ConfigError(f"cannot read {key} from {redact_url(cfg.redis_url)}: {exc}") from exc
+    value = raw.decode("utf-8", "replace") if raw is not None else None
+    token = None
+    if value is not None:
+        try:
+            token = json.loads(value).get("token")
+        except (ValueError, AttributeError):
+            token = None
+    info = {
+        "election": cfg.election,
+        "key": key,
+        "leader": holder_identity(value),
+        "fencing_token": token,
+        "ttl_seconds": round(pttl / 1000, 3) if raw is not None and pttl >= 0 else None,
+    }
+    if args.json:
+        print(json.dumps(info))
+    elif value is None:
+        print(f"election {cfg.election}: no leader")
+    else:
+        print(
+            f"election {cfg.election}: leader {info['leader']}  token {token}  "
+            f"ttl {info['ttl_seconds']}s"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options, command = _split_command(argv)
+    try:
+        args = _parser().parse_args(join_negative_values(options))
+        if args.cmd == "check":
+            from .statusfile import check_status_file
+
+            ok, why = check_status_file(args.status_file)
+            print(why)
+            return 0 if ok else 1
+        if args.cmd == "status":
+            return _status(args)
+        cfg = build_run_config(args, command)
+    except ConfigError as exc:
+        print(f"leaderd: error: {exc}", file=sys.stderr)
+        return 1
+    from .daemon import run_daemon
+    from .logs import configure
+
+    configure(cfg.log_format, cfg.log_level)
+    try:
+        return asyncio.run(run_daemon(cfg))
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT before the loop took over
+        return 0
+
+
+__all__ = ["Option", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""`leaderd run` configuration: flags, their LEADERD_* environment variables, validation.
+
+Every user error becomes one `ConfigError` line naming the flag, its env variable,
+the value and the rule; the CLI prints it and exits 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
+
+
+class ConfigError(Exception):
+    """Invalid or inconsistent configuration; the message is one line for the user."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}")
+_IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,252}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `500ms`, `2s`, `1m30s`, `1h` or a bare number of seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, value = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            value += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(text) from None
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag of `leaderd run` with its environment variable and default."""
+
+    flag: str
+    env: str
+    default: str | None
+    help: str
+    is_switch: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+RUN_OPTIONS = [
+    Option("--redis-url", "LEADERD_REDIS_URL", None,
+           "redis://, rediss:// (TLS) or unix:// URL of the Redis server (required)"),
+    Option("--redis-password-file", "LEADERD_REDIS_PASSWORD_FILE", None,
+           "file holding the Redis password (e.g. a mounted Secret); never logged"),
+    Option("--election", "LEADERD_ELECTION", None,
+           "name of the election; the lock key is leaderd:{<election>} (required)"),
+    Option("--identity", "LEADERD_IDENTITY", None,
+           "who this candidate is (default: $POD_NAME, else the hostname)"),
+    Option("--ttl", "LEADERD_TTL", "10s", "lease length in Redis"),
+    Option("--refresh-interval", "LEADERD_REFRESH_INTERVAL", None,
+           "leader refresh period (default: ttl/3)"),
+    Option("--renew-deadline", "LEADERD_RENEW_DEADLINE", None,
+           "leader steps down if no refresh succeeded for this long (default: ttl*2/3)"),
+    Option("--retry", "LEADERD_RETRY", "fixed", "follower strategy: fixed or exponential"),
+    Option("--retry-interval", "LEADERD_RETRY_INTERVAL", "2s",
+           "fixed interval, or first exponential interval"),
+    Option("--retry-max-interval", "LEADERD_RETRY_MAX_INTERVAL", "30s", "cap for exponential"),
+    Option("--retry-max", "LEADERD_RETRY_MAX", "0",
+           "give up after this many failed attempts, exit 4 (0: forever)"),
+    Option("--http-addr", "LEADERD_HTTP_ADDR", "0.0.0.0:4040",
+           "health, status and metrics server (empty: off)"),
+    Option("--status-file", "LEADERD_STATUS_FILE", None,
+           "JSON status file, replaced atomically on every change"),
+    Option("--exit-on-loss", "LEADERD_EXIT_ON_LOSS", None,
+           "exit 3 after stepping down from leadership", is_switch=True),
+    Option("--log-format", "LEADERD_LOG_FORMAT", "json", "json or console"),
+    Option("--log-level", "LEADERD_LOG_LEVEL", "info", "debug, info, warning or error"),
+]  # fmt: skip
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class RunConfig:
+    """Validated settings of `leaderd run`."""
+
+    redis_url: str
+    redis_password: str | None
+    election: str
+    identity: str
+    ttl: float
+    refresh_interval: float
+    renew_deadline: float
+    retry: RetryStrategy
+    retry_name: str
+    retry_max: int
+    http_host: str | None
+    http_port: int
+    status_file: str | None
+    exit_on_loss: bool
+    log_format: str
+    log_level: str
+    command: list[str] = field(default_factory=list)
+
+    def redacted_url(self) -> str:
+        """The Redis URL with any password replaced, for logs."""
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--ttl -1s` -> `--ttl=-1s`, so a negative value gets the real error message."""
+    valued = {o.flag for o in RUN_OPTIONS if not o.is_switch}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in valued and nxt is not None and nxt.startswith("-") and nxt[1:2].isdigit():
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    for opt in RUN_OPTIONS:
+        default = f" [default: {opt.default}]" if opt.default is not None else ""
+        text = f"{opt.help}{default} (env {opt.env})"
+        if opt.is_switch:
+            parser.add_argument(
+                opt.flag, dest=opt.dest, action="store_true", default=None, help=text
+            )
+        else:
+            parser.add_argument(opt.flag, dest=opt.dest, metavar="VALUE", help=text)
+
+
+def _raw(args: argparse.Namespace, opt: Option, env: dict[str, str]) -> tuple[str | None, str]:
+    """The value of `opt` and where it came from (for error messages)."""
+    value = getattr(args, opt.dest, None)
+    if value is not None:
+        return (str(value) if not opt.is_switch else "true"), opt.flag
+    if opt.env in env:
+        return env[opt.env], opt.env
+    return opt.default, "default"
+
+
+def _fail(opt: Option, value: str | None, rule: str) -> NoReturn:
+    shown = "" if value is None else f"={value!r}"
+    raise ConfigError(f"{opt.flag} (env {opt.env}){shown}: {rule}")
+
+
+def build_run_config(
+    args: argparse.Namespace, command: list[str], env: dict[str, str] | None = None
+) -> RunConfig:
+    """Merge flags over environment over defaults, then validate everything."""
+    env = dict(os.environ if env is None else env)
+    opts = {o.dest: o for o in RUN_OPTIONS}
+    raw = {dest: _raw(args, opt, env)[0] for dest, opt in opts.items()}
+
+    def duration(dest: str) -> float:
+        value = raw[dest]
+        assert value is not None
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            if value.strip().startswith("-"):
+                _fail(opts[dest], value, "must be greater than zero")
+            _fail(opts[dest], value, "must be a duration like 500ms, 2s, 1m30s or seconds")
+        if seconds <= 0:
+            _fail(opts[dest], value, "must be greater than zero")
+        return seconds
+
+    url = (raw["redis_url"] or "").strip()
+    if not url:
+        _fail(opts["redis_url"], None, "is required, e.g. redis://redis:6379/0")
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        _fail(opts["redis_url"], redact_url(url), "must start with redis://, rediss:// or unix://")
+    if scheme != "unix" and not urlsplit(url).hostname:
+        _fail(opts["redis_url"], redact_url(url), "has no host, e.g. redis://redis:6379/0")
+
+    password = None
+    if raw["redis_password_file"]:
+        path = raw["redis_password_file"]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                password = fh.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _fail(opts["redis_password_file"], path, f"cannot be read ({reason})")
+        if not password:
+            _fail(opts["redis_password_file"], path, "is empty")
+
+    election = raw["election"] or ""
+    if not election:
+        _fail(opts["election"], None, "is required, e.g. --election my-cron")
+    if not _NAME.fullmatch(election):
+        _fail(
+            opts["election"],
+            election[:80],
+            "must be 1-253 characters of letters, digits and . _ : / - "
+            "starting with a letter or digit",
+        )
+
+    identity = raw["identity"] or env.get("POD_NAME") or socket.gethostname()
+    if not _IDENTITY.fullmatch(identity):
+        _fail(
+            opts["identity"],
+            identity[:80],
+            "must be 1-253 characters of letters, digits and . _ : @ / - "
+            "starting with a letter or digit",
+        )
+
+    ttl = duration("ttl")
+    refresh = duration("refresh_interval") if raw["refresh_interval"] else ttl / 3
+    renew = duration("renew_deadline") if raw["renew_deadline"] else ttl * 2 / 3
+    if ttl < 0.1:
+        _fail(opts["ttl"], raw["ttl"], "must be at least 100ms")
+    if renew >= ttl:
+        _fail(
+            opts["renew_deadline"],
+            raw["renew_deadline"] or f"{renew:g}s",
+            f"must be less than --ttl ({ttl:g}s), or a leader could outlive its lease",
+        )
+    if refresh >= renew:
+        _fail(
+            opts["refresh_interval"],
+            raw["refresh_interval"] or f"{refresh:g}s",
+            f"must be less than --renew-deadline ({renew:g}s), "
+            "or the leader could not refresh before stepping down",
+        )
+
+    retry_name = (raw["retry"] or "").strip().lower()
+    if retry_name not in ("fixed", "exponential"):
+        _fail(opts["retry"], raw["retry"], "must be fixed or exponential")
+    interval = duration("retry_interval")
+    max_interval = duration("retry_max_interval")
+    retry_max_text = (raw["retry_max"] or "0").strip()
+    try:
+        retry_max = int(retry_max_text)
+    except ValueError:
+        _fail(opts["retry_max"], retry_max_text, "must be a whole number (0: retry forever)")
+    if retry_max < 0:
+        _fail(opts["retry_max"], retry_max_text, "must be >= 0 (0: retry forever)")
+    max_retry = None if retry_max == 0 else retry_max
+    retry: RetryStrategy
+    if retry_name == "fixed":
+        retry = FixedIntervalStrategy(interval, max_retry, jitter=0.1)
+    else:
+        if max_interval < interval:
+            _fail(
+                opts["retry_max_interval"],
+                raw["retry_max_interval"],
+                f"must be >= --retry-interval ({interval:g}s)",
+            )
+        retry = NonFixedIntervalStrategy(interval, max_retry, max_interval=max_interval)
+
+    http_host: str | None = None
+    http_port = 0
+    addr = (raw["http_addr"] or "").strip()
+    if addr:
+        host, sep, port_text = addr.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            _fail(opts["http_addr"], addr, "must be HOST:PORT with a port 0-65535, e.g. :4040")
+        http_host = host.strip("[]") or "0.0.0.0"
+        http_port = int(port_text)
+
+    status_file = raw["status_file"] or None
+    if status_file:
+        directory = os.path.dirname(os.path.abspath(status_file))
+        if not os.path.isdir(directory):
+            _fail(opts["status_file"], status_file, f"directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            _fail(opts["status_file"], status_file, f"directory {directory} is not writable")
+
+    switch = opts["exit_on_loss"]
+    switch_raw, _ = _raw(args, switch, env)
+    if (switch_raw or "").strip().lower() not in _TRUE | _FALSE:
+        _fail(switch, switch_raw, "must be true or false")
+    exit_on_loss = (switch_raw or "").strip().lower() in _TRUE
+
+    log_format = (raw["log_format"] or "").strip().lower()
+    if log_format not in ("json", "console"):
+        _fail(opts["log_format"], raw["log_format"], "must be json or console")
+    log_level = (raw["log_level"] or "").strip().lower()
+    if log_level not in LOG_LEVELS:
+        _fail(opts["log_level"], raw["log_level"], "must be one of " + ", ".join(LOG_LEVELS))
+
+    return RunConfig(
+        redis_url=url, redis_password=password, election=election, identity=identity,
+        ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,
+        retry_name=retry_name, retry_max=retry_max, http_host=http_host, http_port=http_port,
+        status_file=status_file, exit_on_loss=exit_on_loss, log_format=log_format,
+        log_level=log_level, command=command,
+    )  # fmt: skip
+
+
+def new_parser(prog: str) -> argparse.ArgumentParser:
+    return _Parser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter)

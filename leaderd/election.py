@@ -1,0 +1,396 @@
+"""Leader election on a leaderd lock: one small state machine, acquire -> lead -> release.
+
+`Elector.run` contends for the lock, runs `lead(term)` while it is leader, refreshes
+the lease, and steps down the moment it can no longer prove it holds it. Time comes
+from an injected `Clock`, so the deadline logic is tested on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from ._core import AcquireResult
+from .aio import AsyncLock, AsyncLockClient
+from .errors import LockError, LockNotHeldError
+from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
+
+#: Errors that mean "Redis did not answer properly"; the elector keeps trying.
+REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
+
+
+class Clock(Protocol):
+    """Monotonic time for deadlines, wall time for reports, and sleeping."""
+
+    def now(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock: `time.monotonic` for every deadline, `time.time` only for display."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+@dataclass
+class Term:
+    """One continuous leadership. `deadline` moves forward with each successful refresh.
+
+    Times are monotonic seconds of the elector's clock. `lease_expires_at` is the
+    earliest moment another candidate could take the lock (start of the last proof
+    plus the ttl): anything done as leader must stop before it.
+    """
+
+    fencing_token: int
+    started_at: float
+    deadline: float
+    lease_expires_at: float
+
+    def valid(self, now: float) -> bool:
+        return now < self.deadline
+
+
+class ElectionObserver:
+    """Hooks for outputs (metrics, logs, status file, Kubernetes); all are optional.
+
+    Hooks run inline in the election loop: they must be quick and must not raise.
+    """
+
+    def on_attempt(self, outcome: str, error: Exception | None) -> None:
+        """After each acquire attempt: outcome is `acquired`, `held` or `error`."""
+
+    def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
+        """After each refresh: outcome is `ok`, `lost` or `error`."""
+
+    def on_started_leading(self, term: Term) -> None:
+        """This candidate became leader."""
+
+    def on_stopped_leading(self, term: Term, reason: str) -> None:
+        """Leadership ended: `lost`, `deadline`, `released` or `stopped`."""
+
+    def on_new_leader(self, identity: str | None) -> None:
+        """The observed holder of the lock changed (None: nobody, or unknown)."""
+
+    def on_status_change(self) -> None:
+        """Anything in `Elector.status()` changed (valid_until moves on every refresh)."""
+
+
+#: Reasons for stepping down that count as losing leadership (not a chosen release).
+LOSS_REASONS = frozenset({"lost", "deadline"})
+
+
+def election_key(election: str) -> str:
+    """The Redis key of an election; the braces keep its helper keys in one slot."""
+    return f"leaderd:{{{election}}}"
+
+
+def holder_identity(value: str | None) -> str | None:
+    """The identity inside a lock value written by an elector (else the raw value)."""
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return value
+    identity = data.get("identity") if isinstance(data, dict) else None
+    return identity if isinstance(identity, str) else value
+
+
+def _retry_bound(retry: RetryStrategy) -> float:
+    if isinstance(retry, NonFixedIntervalStrategy):
+        return retry.max_interval
+    if isinstance(retry, FixedIntervalStrategy):
+        return retry.interval * (1 + retry.jitter)
+    return 60.0
+
+
+class Elector:
+    """Contends for `election` and runs `lead(term)` while this candidate is leader."""
+
+    def __init__(
+        self,
+        client: AsyncLockClient,
+        election: str,
+        identity: str,
+        ttl: float = 10.0,
+        refresh_interval: float | None = None,
+        renew_deadline: float | None = None,
+        retry: RetryStrategy | None = None,
+        *,
+        timeout: float | None = None,
+        clock: Clock | None = None,
+        observers: Sequence[ElectionObserver] = (),
+    ) -> None:
+        refresh_interval = ttl / 3 if refresh_interval is None else refresh_interval
+        renew_deadline = ttl * 2 / 3 if renew_deadline is None else renew_deadline
+        if not 0 < refresh_interval < renew_deadline < ttl:
+            raise ValueError(
+                "need 0 < refresh_interval < renew_deadline < ttl, got "
+                f"{refresh_interval} < {renew_deadline} < {ttl}"
+            )
+        if not election:
+            raise ValueError("election must be a non-empty string")
+        self.client = client
+        self.election = election
+        self.identity = identity
+        self.key = election_key(election)
+        self.ttl = ttl
+        self.refresh_interval = refresh_interval
+        self.renew_deadline = renew_deadline
+        self.retry = retry or FixedIntervalStrategy(2.0, max_retry=None, jitter=0.1)
+        #: bound of each Redis call; a refresh is also cut off at the term's deadline
+        self.timeout = timeout if timeout is not None else min(refresh_interval, 2.0)
+        self.clock: Clock = clock or SystemClock()
+        self.observers = list(observers)
+        self.role = "starting"
+        self.leader: str | None = None
+        self.transitions = 0
+        self.term: Term | None = None
+        self.updated_at = self.clock.wall()
+        self._last_progress = self.clock.now()
+        self._on_new_leader: Callable[[str | None], Any] | None = None
+        retry_gap = max(ttl, _retry_bound(self.retry))
+        #: a follower loop that made no attempt for this long is wedged
+        self.stall_after = 2 * retry_gap + self.timeout
+
+    # -- readers: each evaluates the deadline at the moment it answers -------------------
+    def is_leader(self) -> bool:
+        """True iff this candidate holds a term whose deadline has not passed, now."""
+        term = self.term
+        return term is not None and term.valid(self.clock.now())
+
+    def healthy(self) -> bool:
+        """False if the loop is wedged: no attempt or refresh completed for too long."""
+        limit = self.ttl if self.term is not None else self.stall_after
+        return self.role == "stopped" or self.clock.now() - self._last_progress < limit
+
+    def status(self) -> dict[str, Any]:
+        """The status JSON of design.md: role, holder, token and validity, evaluated now."""
+        now, wall = self.clock.now(), self.clock.wall()
+        term = self.term
+        leading = term is not None and term.valid(now)
+        role = self.role
+        leader = self.leader
+        if role == "leader" and not leading:
+            role, leader = "follower", None  # deadline passed; the loop has not caught up
+        return {
+            "election": self.election,
+            "identity": self.identity,
+            "role": role,
+            "leader": leader,
+            "fencing_token": term.fencing_token if term is not None and leading else None,
+            "term_started_at": (
+                round(wall - (now - term.started_at), 3) if term is not None and leading else None
+            ),
+            "valid_until": (
+                round(wall + (term.deadline - now), 3) if term is not None and leading else None
+            ),
+            "transitions": self.transitions,
+            "updated_at": round(self.updated_at, 3),
+        }
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(
+        self,
+        lead: Callable[[Term], Awaitable[Any]],
+        on_new_leader: Callable[[str | None], Any] | None = None,
+    ) -> None:
+        """Contend, lead, renew, release; until `lead` returns or raises, or cancellation.
+
+        Raises `MaxRetryError` when the retry strategy runs out, and whatever `lead`
+        raised (after releasing the lock).
+        """
+        self._on_new_leader = on_new_leader
+        try:
+            while True:
+                lock, term = await self._acquire()
+                if await self._lead(lock, term, lead):
+                    return
+        finally:
+            self._set_role("stopped")
+
+    async def _acquire(self) -> tuple[AsyncLock, Term]:
+        """Follower: attempt under the strategy; wake on release and at lease expiry."""
+        if self.role != "starting":
+            self._set_role("follower")
+        value = json.dumps(
+            {"identity": self.identity, "nonce": secrets.token_hex(8)}, separators=(",", ":")
+        )
+        while True:
+            lock = await self.client.lock(
+                self.key,
+                value=value,
+                expiration=self.ttl,
+                timeout=self.timeout,
+                retry=self.retry,
+                embed_token=True,
+                on_attempt=self._attempted,
+            )
+            now = self.clock.now()
+            started = now - (time.monotonic() - lock.acquired_at)
+            term = Term(
+                fencing_token=lock.fencing_token,
+                started_at=started,
+                deadline=started + self.renew_deadline,
+                lease_expires_at=started + self.ttl,
+            )
+            if term.valid(now):
+                return lock, term
+            await self._release(lock)  # stalled between proof and now: it proves nothing
+
+    async def _lead(
+        self, lock: AsyncLock, term: Term, lead: Callable[[Term], Awaitable[Any]]
+    ) -> bool:
+        """Leader: run `lead` and renew. True if `lead` finished (run() returns)."""
+        self._start_term(term)
+        task = asyncio.ensure_future(lead(term))
+        try:
+            reason = await self._renew(lock, term, task)
+        except asyncio.CancelledError:
+            await _cancel(task)
+            self._end_term(term, "stopped")
+            await self._release(lock)
+            raise
+        if reason == "finished":
+            self._end_term(term, "released")
+            await self._release(lock)
+            task.result()  # re-raise what `lead` raised
+            return True
+        self.term = None  # readers answer "not leader" from here on
+        await _cancel(task)
+        self._end_term(term, reason)
+        if reason == "deadline":
+            await self._release(lock)  # it may still be ours; let a follower in sooner
+        return False
+
+    async def _renew(self, lock: AsyncLock, term: Term, task: asyncio.Future[Any]) -> str:
+        """Refresh every refresh_interval until the lease is lost or `lead` finishes."""
+        next_refresh = term.started_at + self.refresh_interval
+        while True:
+            await self._until(min(next_refresh, term.deadline), task)
+            if task.done():
+                return "finished"
+            started = self.clock.now()
+            if started >= term.deadline:
+                return "deadline"
+            if started < next_refresh:
+                continue
+            outcome: str = "ok"
+            error: Exception | None = None
+            try:
+                await lock.refresh(timeout=min(self.timeout, term.deadline - started))
+            except LockNotHeldError as exc:
+                outcome, error = "lost", exc
+            except (*REDIS_ERRORS, LockError) as exc:
+                outcome, error = "error", exc
+            finished = self.clock.now()
+            self._last_progress = finished
+            for o in self.observers:
+                o.on_refresh(outcome, finished - started, error)
+            if outcome == "lost":
+                return "lost"
+            if finished >= term.deadline:
+                return "deadline"  # a late success does not revive the term
+            if outcome == "ok":
+                term.deadline = started + self.renew_deadline
+                term.lease_expires_at = started + self.ttl
+                next_refresh = started + self.refresh_interval
+                self._changed()
+            else:
+                next_refresh = finished + min(self.refresh_interval / 4, 1.0)
+
+    async def _until(self, when: float, task: asyncio.Future[Any]) -> None:
+        """Sleep until `when` on the clock, or until `task` finishes."""
+        delay = when - self.clock.now()
+        if delay <= 0 or task.done():
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        try:
+            await asyncio.wait({sleeper, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+
+    async def _release(self, lock: AsyncLock) -> None:
+        """Best effort: give the lock back if it is still ours, so a follower takes over."""
+        with contextlib.suppress(LockError, *REDIS_ERRORS):
+            await lock.unlock(timeout=self.timeout)
+
+    # -- state changes -------------------------------------------------------------------
+    def _attempted(self, result: AcquireResult | None, error: Exception | None) -> None:
+        self._last_progress = self.clock.now()
+        if result is None:
+            outcome = "error"
+        elif result.acquired:
+            outcome = "acquired"
+        else:
+            outcome = "held"
+            self._observe_leader(holder_identity(result.holder))
+        for o in self.observers:
+            o.on_attempt(outcome, error)
+        if self.role == "starting":
+            self._set_role("follower")
+
+    def _observe_leader(self, identity: str | None) -> None:
+        if identity == self.leader:
+            return
+        self.leader = identity
+        self._changed()
+        for o in self.observers:
+            o.on_new_leader(identity)
+        if self._on_new_leader is not None:
+            self._on_new_leader(identity)
+
+    def _start_term(self, term: Term) -> None:
+        self.term = term
+        self.transitions += 1
+        self.role = "leader"
+        self._last_progress = self.clock.now()
+        for o in self.observers:
+            o.on_started_leading(term)
+        self._observe_leader(self.identity)
+        self._changed()
+
+    def _end_term(self, term: Term, reason: str) -> None:
+        self.term = None
+        self.transitions += 1
+        self.role = "follower"
+        for o in self.observers:
+            o.on_stopped_leading(term, reason)
+        self._observe_leader(None)
+        self._changed()
+
+    def _set_role(self, role: str) -> None:
+        if role != self.role:
+            self.role = role
+            self._changed()
+
+    def _changed(self) -> None:
+        self.updated_at = self.clock.wall()
+        for o in self.observers:
+            o.on_status_change()
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait until it has finished (its outcome is discarded)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
