@@ -32,18 +32,34 @@ class AsyncLockClient:
     async def _eval(
         self, script: Script, keys: list[str], args: list[str], timeout: float | None
     ) -> Any:
-        async with asyncio.timeout(timeout):
-            return await self._eval_unbounded(script, keys, args)
+        """Run a script within `timeout`, in an inner task.
+
+        The caller only awaits `asyncio.wait`, so its own cancellation always
+        propagates (some redis-py versions swallow a cancellation that lands inside
+        their I/O); an abandoned call is cancelled and drops its connection.
+        """
+        call = asyncio.ensure_future(self._eval_unbounded(script, keys, args))
+        call.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait({call}, timeout=timeout)
+        except BaseException:
+            call.cancel()
+            raise
+        if not done:
+            call.cancel()
+            raise TimeoutError(f"{script.name} did not answer within {timeout}s")
+        return call.result()
 
     async def _eval_unbounded(self, script: Script, keys: list[str], args: list[str]) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
+            client: Any = self.redis  # redis-py types these as sync-or-async
             try:
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
             except redis.ResponseError as exc:
                 if not _core.is_noscript(exc):
                     raise
-                return await self.redis.eval(script.source, len(keys), *keys, *args)
+                return await client.eval(script.source, len(keys), *keys, *args)
         conn = await pool.get_connection()
         try:
             try:
@@ -159,8 +175,8 @@ class AsyncLockClient:
         left = wake_at - time.monotonic()
         if waiter is not None and waiter.subscribed:
             await waiter.wait(left)
-        elif left > 0:
-            await asyncio.sleep(left)
+        if left > 0 and (waiter is None or not waiter.subscribed):
+            await asyncio.sleep(max(0.0, wake_at - time.monotonic()))
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -177,49 +193,87 @@ class AsyncLockClient:
         return text, (pttl / 1000.0 if pttl >= 0 else None)
 
 
-class _AsyncWaiter:
-    """A release-channel subscription used only while `lock()` waits for a holder."""
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's outcome as seen, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
 
-    def __init__(self, pubsub: Any) -> None:
+
+class _AsyncWaiter:
+    """A release-channel subscription used only while `lock()` waits for a holder.
+
+    A reader task owns the pub/sub connection and turns messages into a future; the
+    waiting caller only ever awaits that future. redis-py's pub/sub reads with a
+    timeout can swallow a cancellation that lands at the wrong moment, so the
+    caller's own cancellation never passes through them.
+    """
+
+    def __init__(self, pubsub: Any, channels: list[str]) -> None:
         self.pubsub = pubsub
+        self.channels = channels
         self.subscribed = False
+        loop = asyncio.get_running_loop()
+        self._confirmed: asyncio.Future[bool] = loop.create_future()
+        self._message: asyncio.Future[None] = loop.create_future()
+        self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
     async def start(
         cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
     ) -> _AsyncWaiter:
-        self = cls(client.pubsub(ignore_subscribe_messages=False))
+        self = cls(client.pubsub(ignore_subscribe_messages=False), channels)
         try:
-            async with asyncio.timeout(timeout or 1.0):
-                await self.pubsub.subscribe(*channels)
-                confirmed = 0
-                while confirmed < len(channels):
-                    msg = await self.pubsub.get_message(timeout=1.0)
-                    if msg and msg.get("type") in ("subscribe", b"subscribe"):
-                        confirmed += 1
-                self.subscribed = True
-        except (*TRANSIENT, TimeoutError):
+            await asyncio.wait({self._confirmed}, timeout=timeout or 1.0)
+        except BaseException:
+            self._reader.cancel()
+            raise
+        self.subscribed = self._confirmed.done() and self._confirmed.result()
+        if not self.subscribed:
             await self.close()
         return self
 
+    async def _read(self) -> None:
+        confirmed = 0
+        try:
+            await self.pubsub.subscribe(*self.channels)
+            while True:
+                # A finite read timeout: some redis-py versions apply the client's
+                # socket_timeout to blocking reads and raise when it passes.
+                msg = await self.pubsub.get_message(timeout=30.0)
+                kind = msg.get("type") if msg else None
+                if kind in ("subscribe", b"subscribe"):
+                    confirmed += 1
+                    if confirmed == len(self.channels) and not self._confirmed.done():
+                        self._confirmed.set_result(True)
+                elif kind in ("message", b"message") and not self._message.done():
+                    self._message.set_result(None)
+        except Exception:
+            pass  # the caller falls back to plain sleeping
+        finally:
+            self.subscribed = False
+            if not self._confirmed.done():
+                self._confirmed.set_result(False)
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+
     async def wait(self, seconds: float) -> bool:
         """Wait up to `seconds`; True if a release woke us."""
-        deadline = time.monotonic() + max(0.0, seconds)
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                msg = await self.pubsub.get_message(timeout=left)
-                if msg and msg.get("type") in ("message", b"message"):
-                    return True
+        if not self._message.done():
+            await asyncio.wait(
+                {self._message, self._reader},
+                timeout=max(0.0, seconds),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        if not self._message.done():
             return False
-        except TRANSIENT:
-            self.subscribed = False
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-            return False
+        self._message = asyncio.get_running_loop().create_future()
+        return True
 
     async def close(self) -> None:
+        """Stop the reader, which closes the pub/sub connection itself."""
         self.subscribed = False
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()
+        self._reader.cancel()
+        await asyncio.wait({self._reader}, timeout=1.0)
 
 
 class AsyncLock(LockBase):

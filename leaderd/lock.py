@@ -102,9 +102,17 @@ class LockClient:
 
     @staticmethod
     def _read(conn: Any, timeout: float | None) -> Any:
-        if timeout is None:
+        """Read one reply, waiting at most `timeout` for the socket (any redis-py >= 5.3)."""
+        sock = getattr(conn, "_sock", None)
+        if timeout is None or sock is None:
             return conn.read_response()
-        return conn.read_response(timeout=timeout)
+        saved = sock.gettimeout()
+        sock.settimeout(timeout)
+        try:
+            return conn.read_response()
+        finally:
+            if getattr(conn, "_sock", None) is sock:
+                sock.settimeout(saved)
 
     def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
         try:

@@ -160,3 +160,29 @@ async def test_many_tasks_mutual_exclusion(redis_server: RedisServer) -> None:
     assert counter["n"] == 160
     for c in clients:
         await c.aclose()
+
+
+async def test_cancelling_a_waiting_lock_call_is_never_swallowed(
+    aclient: AsyncLockClient,
+) -> None:
+    """A cancelled lock() must end cancelled, wherever the cancellation lands.
+
+    (redis-py 8.0/8.1's asyncio client loses some cancellations; an elector that
+    survives its own cancellation would keep contending after shutdown.)
+    """
+    import random
+
+    await aclient.try_lock("jobs", expiration=30)
+    swallowed = 0
+    for _ in range(150):
+        task = asyncio.create_task(aclient.lock("jobs", retry=FixedIntervalStrategy(0.005, None)))
+        for _ in range(random.randint(0, 12)):
+            await asyncio.sleep(0)
+        if random.random() < 0.5:
+            await asyncio.sleep(random.uniform(0, 0.01))
+        requested = task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        if requested and not (task.done() and task.cancelled()):
+            swallowed += 1
+            task.cancel()
+    assert swallowed == 0
