@@ -103,7 +103,7 @@ class LockClient:
     @staticmethod
     def _read(conn: Any, timeout: float | None) -> Any:
         """Read one reply, waiting at most `timeout` for the socket (any redis-py >= 5.3)."""
-        sock = getattr(conn, "_sock", None)
+        sock: Any = getattr(conn, "_sock", None)
         if timeout is None or sock is None:
             return conn.read_response()
         saved = sock.gettimeout()
