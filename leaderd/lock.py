@@ -111,7 +111,8 @@ class LockClient:
         try:
             return conn.read_response()
         finally:
-            if getattr(conn, "_sock", None) is sock:
+            unchanged = getattr(conn, "_sock", None) is sock  # not dropped on error
+            if unchanged:
                 sock.settimeout(saved)
 
     def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
