@@ -275,6 +275,8 @@ class Elector:
             task.result()  # re-raise what `lead` raised
             return True
         self.term = None  # readers answer "not leader" from here on
+        if reason == "lost":  # someone else holds it already: no grace left
+            term.lease_expires_at = min(term.lease_expires_at, self.clock.now())
         await _cancel(task)
         self._end_term(term, reason)
         if reason == "deadline":

@@ -1,0 +1,156 @@
+"""Configuration: durations, flags over env over defaults, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leaderd.cli import main
+from leaderd.config import (
+    RUN_OPTIONS,
+    ConfigError,
+    build_run_config,
+    parse_duration,
+    redact_url,
+)
+from leaderd.strategy import FixedIntervalStrategy, NonFixedIntervalStrategy
+
+from .daemons import leaderd_cmd
+
+BASE = {"LEADERD_REDIS_URL": "redis://localhost:6379/0", "LEADERD_ELECTION": "jobs"}
+
+
+def config(env: dict[str, str] | None = None, **flags: str):  # type: ignore[no-untyped-def]
+    ns = argparse.Namespace(**{o.dest: None for o in RUN_OPTIONS})
+    for k, v in flags.items():
+        setattr(ns, k, v)
+    return build_run_config(ns, [], {**BASE, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1.5", 1.5), ("1h", 3600.0),
+     ("10", 10.0), ("1m", 60.0), (" 3s ", 3.0), ("0.25s", 0.25)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1x", "s", "1m30", "nan", "inf", "1s2", "--1s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@given(st.text(max_size=30))
+def test_duration_parser_fails_only_cleanly(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        return
+    assert value == value and value not in (float("inf"), float("-inf"))
+
+
+def test_defaults() -> None:
+    cfg = config(env={"POD_NAME": "pod-7"})
+    assert (cfg.ttl, cfg.refresh_interval, cfg.renew_deadline) == pytest.approx(
+        (10.0, 10 / 3, 20 / 3)
+    )
+    assert cfg.identity == "pod-7"
+    assert isinstance(cfg.retry, FixedIntervalStrategy) and cfg.retry.max_retry is None
+    assert (cfg.http_host, cfg.http_port) == ("0.0.0.0", 4040)
+    assert cfg.log_format == "json" and not cfg.exit_on_loss
+
+
+def test_flags_win_over_env() -> None:
+    cfg = config(env={"LEADERD_TTL": "30s", "LEADERD_RETRY": "exponential",
+                      "LEADERD_RETRY_MAX": "5", "LEADERD_EXIT_ON_LOSS": "true"},
+                 ttl="6s", identity="me")  # fmt: skip
+    assert cfg.ttl == 6.0 and cfg.identity == "me" and cfg.exit_on_loss
+    assert isinstance(cfg.retry, NonFixedIntervalStrategy) and cfg.retry.max_retry == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "needle"),
+    [
+        ({"LEADERD_TTL": "-1s"}, {}, "--ttl (env LEADERD_TTL)='-1s': must be greater than zero"),
+        ({}, {"ttl": "ten"}, "--ttl (env LEADERD_TTL)='ten': must be a duration"),
+        ({}, {"renew_deadline": "11s"}, "must be less than --ttl"),
+        ({}, {"refresh_interval": "7s"}, "must be less than --renew-deadline"),
+        ({}, {"ttl": "50ms"}, "at least 100ms"),
+        ({"LEADERD_REDIS_URL": ""}, {}, "--redis-url (env LEADERD_REDIS_URL): is required"),
+        ({}, {"redis_url": "http://x"}, "must start with redis://"),
+        ({}, {"redis_url": "redis://:hunter2@"}, "has no host"),
+        ({"LEADERD_ELECTION": ""}, {}, "--election (env LEADERD_ELECTION): is required"),
+        ({}, {"election": "a b"}, "--election"),
+        ({}, {"election": "{braces}"}, "--election"),
+        ({}, {"election": "x" * 1024}, "--election"),
+        ({}, {"election": "ünïcode"}, "--election"),
+        ({}, {"identity": "has space"}, "--identity"),
+        ({}, {"retry": "random"}, "must be fixed or exponential"),
+        ({}, {"retry_max": "-1"}, "must be >= 0"),
+        ({}, {"retry_max": "many"}, "whole number"),
+        ({}, {"retry": "exponential", "retry_interval": "5s", "retry_max_interval": "1s"},
+         "--retry-max-interval"),
+        ({}, {"http_addr": "localhost"}, "HOST:PORT"),
+        ({}, {"http_addr": ":99999"}, "HOST:PORT"),
+        ({}, {"status_file": "/nonexistent-dir/x.json"}, "does not exist"),
+        ({}, {"log_format": "xml"}, "json or console"),
+        ({}, {"log_level": "loud"}, "--log-level"),
+        ({"LEADERD_EXIT_ON_LOSS": "maybe"}, {}, "true or false"),
+        ({}, {"redis_password_file": "/nonexistent/pw"}, "cannot be read"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_flag_env_and_rule(
+    env: dict[str, str], flags: dict[str, str], needle: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(env=env, **flags)
+    text = str(err.value)
+    assert needle in text and "\n" not in text
+    assert "hunter2" not in text
+
+
+def test_empty_password_file(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        config(redis_password_file=str(pw))
+
+
+def test_password_is_redacted() -> None:
+    assert redact_url("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from([o.dest for o in RUN_OPTIONS if not o.is_switch]),
+                       st.text(max_size=40), max_size=6))  # fmt: skip
+def test_fuzzed_flags_give_a_config_or_a_clean_error(flags: dict[str, str]) -> None:
+    flags.pop("redis_password_file", None)
+    flags.pop("status_file", None)
+    try:
+        config(**flags)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+def test_cli_errors_exit_1_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--election", "jobs", "--redis-url", "redis://h", "--ttl", "-2s"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("leaderd: error: --ttl")
+    assert main(["run", "--no-such-flag"]) == 1
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert main([]) == 1
+
+
+def test_cli_error_in_a_real_process_has_no_traceback() -> None:
+    out = subprocess.run(leaderd_cmd("run", "--election", "jobs"), capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)  # fmt: skip
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "--redis-url" in out.stderr

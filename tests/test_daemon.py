@@ -1,0 +1,283 @@
+"""`leaderd run` end to end: real daemons, real redis-server processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from leaderd.devserver import RedisServer, free_port
+
+from .daemons import Daemon, leaderd_cmd, poll
+
+KEY = "leaderd:{jobs}"
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(redis_url: str, identity: str, *extra: str, **kw: object) -> Daemon:
+        d = Daemon(tmp_path, redis_url, identity, *extra, **kw)  # type: ignore[arg-type]
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        d.stop()
+
+
+def leaders(daemons: list[Daemon]) -> list[Daemon]:
+    return [d for d in daemons if d.ready() == 200]
+
+
+def test_one_leader_among_three_and_all_agree(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    ds = [spawn(redis_server.url, f"pod-{i}") for i in range(3)]
+    for d in ds:
+        d.wait_http()
+    leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
+    # Followers learn who leads; the status JSON has the contract's fields.
+    poll(lambda: all(d.status()["leader"] == leader.identity for d in ds))
+    st = leader.status()
+    assert set(st) >= {
+        "election",
+        "identity",
+        "role",
+        "leader",
+        "fencing_token",
+        "term_started_at",
+        "valid_until",
+        "transitions",
+        "updated_at",
+    }
+    assert st["role"] == "leader" and st["valid_until"] > time.time()
+    assert (
+        json.loads(redis.Redis.from_url(redis_server.url).get(KEY))["token"] == st["fencing_token"]
+    )
+    for d in ds:
+        if d is not leader:
+            code, body = d.get("/readyz")
+            assert code == 503 and body["role"] == "follower"
+        assert d.get("/healthz")[0] == 200
+    # The status file says the same, and `leaderd check` agrees.
+    file_status = json.loads(leader.status_file.read_text())
+    assert file_status["role"] == "leader"
+    assert subprocess.run(leaderd_cmd("check", "--status-file", str(leader.status_file)),
+                          capture_output=True).returncode == 0  # fmt: skip
+    follower = next(d for d in ds if d is not leader)
+    assert subprocess.run(leaderd_cmd("check", "--status-file", str(follower.status_file)),
+                          capture_output=True).returncode == 1  # fmt: skip
+    out = subprocess.run(
+        leaderd_cmd("status", "--redis-url", redis_server.url, "--election", "jobs", "--json"),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    info = json.loads(out)
+    assert info["leader"] == leader.identity and 0 < info["ttl_seconds"] <= 1.0
+    metrics = leader.get("/metrics")[1]
+    assert 'leaderd_is_leader{election="jobs"} 1.0' in metrics
+    assert 'leaderd_build_info{election="jobs",version=' in metrics
+    assert "leaderd_refresh_duration_seconds_bucket" in metrics
+    assert 'leaderd_is_leader{election="jobs"} 0.0' in follower.get("/metrics")[1]
+
+
+def test_graceful_handover_is_fast_and_exits_zero(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    # Followers poll only every 10 s: the release message must wake one of them.
+    ds = [spawn(redis_server.url, f"pod-{i}", "--retry-interval", "10s", ttl="5s")
+          for i in range(3)]  # fmt: skip
+    for d in ds:
+        d.wait_http()
+    leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
+    old_token = leader.status()["fencing_token"]
+    time.sleep(0.3)  # followers are queued now
+    stopped = time.monotonic()
+    leader.signal(signal.SIGTERM)
+    rest = [d for d in ds if d is not leader]
+    new = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(rest)), 3)
+    took = time.monotonic() - stopped
+    assert took < 1.0, f"hand-over took {took:.3f}s"
+    assert leader.wait() == 0
+    assert new.status()["fencing_token"] > old_token
+    events = [e["event"] for e in leader.events()]
+    assert "stepped_down" in events and events[-1] == "stopped"
+
+
+def test_crash_failover_within_ttl(redis_server: RedisServer, spawn: Callable[..., Daemon]) -> None:
+    ds = [spawn(redis_server.url, f"pod-{i}", "--retry-interval", "5s") for i in range(2)]
+    for d in ds:
+        d.wait_http()
+    leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
+    other = next(d for d in ds if d is not leader)
+    time.sleep(0.2)
+    killed = time.monotonic()
+    leader.signal(signal.SIGKILL)
+    poll(lambda: other.ready() == 200, 5)
+    took = time.monotonic() - killed
+    assert took < 1.0 + 0.5, f"failover took {took:.3f}s with ttl 1s"
+
+
+def test_frozen_leader_answers_503_first_thing_after_resuming(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    d = spawn(redis_server.url, "pod-0")
+    d.wait_http()
+    poll(lambda: d.ready() == 200)
+    d.signal(signal.SIGSTOP)
+    time.sleep(1.2)  # past the renew deadline (0.67 s) and the ttl (1 s)
+    d.signal(signal.SIGCONT)
+    code, body = d.get("/readyz")
+    assert code == 503, body
+    assert body["valid_until"] is None
+    # It then wins a new term with a new token (nobody else wanted it).
+    poll(lambda: d.ready() == 200, 5)
+    starts = [e for e in d.events() if e["event"] == "became_leader"]
+    assert len(starts) == 2 and starts[1]["token"] > starts[0]["token"]
+
+
+def test_redis_killed_under_a_leader_steps_down_within_renew_deadline(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    d = spawn(redis_server.url, "pod-0", ttl="2s")
+    d.wait_http()
+    poll(lambda: d.ready() == 200)
+    killed = time.monotonic()
+    redis_server.kill()
+    poll(lambda: d.ready() == 503, 3)
+    assert time.monotonic() - killed <= 2 * 2 / 3 + 0.3  # renew deadline + slack
+    time.sleep(1.5)
+    assert d.get("/healthz")[0] == 200  # Redis down is not a wedged loop
+    events = [e["event"] for e in d.events()]
+    assert events.count("refresh_failed") == 1  # logged once, not per attempt
+    assert events.count("redis_unavailable") == 1
+    redis_server.start()
+    poll(lambda: d.ready() == 200, 8)
+    assert "redis_available" in [e["event"] for e in d.events()]
+
+
+def test_redis_down_at_start(redis_factory: Callable[..., RedisServer], spawn) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    d = spawn(f"redis://127.0.0.1:{port}/0", "pod-0")
+    d.wait_http()
+    time.sleep(0.5)
+    assert d.ready() == 503 and d.get("/healthz")[0] == 200
+    assert d.status()["role"] == "follower"
+    redis_factory(port=port)
+    poll(lambda: d.ready() == 200, 8)
+
+
+def test_password_file_and_no_secret_anywhere(
+    redis_factory: Callable[..., RedisServer], spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    secret = "s3cr3t-Pa55"
+    server = redis_factory(password=secret)
+    pw = tmp_path / "pw"
+    pw.write_text(secret + "\n")
+    env_dump = tmp_path / "child-env"
+    d = spawn(server.url, "pod-0", "--redis-password-file", str(pw),
+              command=["sh", "-c", f'env > {env_dump}; cat /proc/$$/cmdline > {env_dump}.argv; '
+                                   "exec sleep 60"])  # fmt: skip
+    d.wait_http()
+    poll(lambda: d.ready() == 200, 5)
+    poll(lambda: env_dump.exists() and env_dump.read_text(), 5)
+    child_env = env_dump.read_text()
+    assert "LEADERD_FENCING_TOKEN=" in child_env and "LEADERD_IDENTITY=pod-0" in child_env
+    for text in (child_env, d.logs(), json.dumps(d.status()), d.status_file.read_text(),
+                 d.get("/metrics")[1], Path(f"{env_dump}.argv").read_text()):  # fmt: skip
+        assert secret not in text
+    assert "LEADERD_REDIS_PASSWORD_FILE" not in child_env
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_wrong_password_is_reported_and_never_leads(
+    redis_factory: Callable[..., RedisServer], spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    server = redis_factory(password="right")
+    pw = tmp_path / "pw"
+    pw.write_text("Xq9-not-the-password")
+    d = spawn(server.url, "pod-0", "--redis-password-file", str(pw))
+    d.wait_http()
+    poll(lambda: any(e["event"] == "redis_unavailable" for e in d.events()), 5)
+    assert d.ready() == 503
+    assert "Xq9-not-the-password" not in d.logs()
+    assert "AuthenticationError" in d.logs()
+
+
+def test_exec_mode_runs_the_child_only_while_leader(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    # sh starts a grandchild that ignores SIGTERM: it must not outlive leadership.
+    script = f"trap '' TERM; sleep 300 & echo $! > {pids}; wait"
+    d = spawn(redis_server.url, "pod-0", command=["sh", "-c", script], ttl="3s")
+    d.wait_http()
+    poll(lambda: d.ready() == 200)
+    grandchild = int(poll(lambda: pids.exists() and pids.read_text().strip(), 5))
+    os.kill(grandchild, 0)  # alive
+    # Someone else takes the lock: the leader steps down and stops the whole group.
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(KEY, '{"identity":"intruder","token":1}', px=60_000)
+    lost_at = time.monotonic()
+    poll(lambda: d.ready() == 503, 3)
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")  # dead; only waiting to be reaped by init
+
+    poll(gone, 5)
+    # Someone else holds the lease already, so there is no grace: detection takes up
+    # to one refresh interval (1 s), then the group is killed at once.
+    assert time.monotonic() - lost_at < 2.0
+    assert any(e["event"] == "child_killed" for e in d.events())
+
+
+def test_exec_mode_exits_with_the_childs_code_and_releases(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    d = spawn(redis_server.url, "pod-0", command=["sh", "-c", "sleep 0.3; exit 7"])
+    assert d.wait(10) == 7
+    assert redis.Redis.from_url(redis_server.url).get(KEY) is None
+
+
+def test_exit_on_loss_exits_3(redis_server: RedisServer, spawn: Callable[..., Daemon]) -> None:
+    d = spawn(redis_server.url, "pod-0", "--exit-on-loss")
+    d.wait_http()
+    poll(lambda: d.ready() == 200)
+    redis.Redis.from_url(redis_server.url).set(KEY, '{"identity":"x","token":1}', px=60_000)
+    assert d.wait(5) == 3
+
+
+def test_retry_max_exhausted_exits_4(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    redis.Redis.from_url(redis_server.url).set(KEY, '{"identity":"x","token":1}', px=60_000)
+    d = spawn(redis_server.url, "pod-0", "--retry-max", "2", "--retry-interval", "50ms")
+    assert d.wait(10) == 4
+    assert any(e["event"] == "gave_up" for e in d.events())
+
+
+def test_http_port_in_use_is_a_clear_error(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    first = spawn(redis_server.url, "pod-0")
+    first.wait_http()
+    out = subprocess.run(
+        leaderd_cmd("run", "--redis-url", redis_server.url, "--election", "jobs",
+                    "--http-addr", f"127.0.0.1:{first.port}"),
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "http_failed" in out.stderr and "Traceback" not in out.stderr
