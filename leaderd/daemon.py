@@ -144,6 +144,7 @@ def redis_client(cfg: RunConfig) -> redis.asyncio.Redis:
     pool = redis.asyncio.ConnectionPool.from_url(
         cfg.redis_url, socket_connect_timeout=min(2.0, cfg.refresh_interval),
         socket_keepalive=True, health_check_interval=0,
+        client_name=f"leaderd:{cfg.election}:{cfg.identity}",
     )  # fmt: skip
     if cfg.redis_password is not None:
         pool.connection_kwargs["password"] = cfg.redis_password
