@@ -75,7 +75,7 @@ def _sole_leader(cands: list[Candidate]) -> Candidate | None:
 def _show(cands: list[Candidate], title: str) -> None:
     print(f"\n  {title}")
     for c in cands:
-        code, st = c.get("/status")
+        _, st = c.get("/status")
         if c.proc.poll() is not None:
             print(f"    {c.name:6}  (exited with {c.proc.returncode})")
         elif st:
