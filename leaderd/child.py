@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Mapping
@@ -32,10 +31,23 @@ def child_environment(
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Linux: SIGKILL the child if leaderd itself dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _die_with_parent_hook() -> Any:
+    """A preexec function that makes Linux SIGKILL the child if leaderd dies.
+
+    prctl is looked up here, in the parent, so the forked child runs no dlopen;
+    ctypes (about 1 MB) is imported only in exec mode.
+    """
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+
+    def hook() -> None:  # pragma: no cover - runs in the forked child
+        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 class ChildRunner:
@@ -57,6 +69,7 @@ class ChildRunner:
         self.log = log
         self.env = dict(os.environ if env is None else env)
         self.exit_code: int | None = None
+        self._preexec = _die_with_parent_hook()
 
     async def __call__(self, term: Term) -> int:
         env = child_environment(self.env, self.election, self.identity, term.fencing_token)
@@ -65,7 +78,7 @@ class ChildRunner:
                 *self.command,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=self._preexec,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         except OSError as exc:

@@ -278,9 +278,9 @@ class Elector:
         if reason == "lost":  # someone else holds it already: no grace left
             term.lease_expires_at = min(term.lease_expires_at, self.clock.now())
         await _cancel(task)
-        self._end_term(term, reason)
         if reason == "deadline":
             await self._release(lock)  # it may still be ours; let a follower in sooner
+        self._end_term(term, reason)  # observers last: one of them may stop the daemon
         return False
 
     async def _renew(self, lock: AsyncLock, term: Term, task: asyncio.Future[Any]) -> str:
