@@ -7,6 +7,7 @@ the value and the rule; the CLI prints it and exits 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import re
@@ -88,10 +89,16 @@ RUN_OPTIONS = [
            "JSON status file, replaced atomically on every change"),
     Option("--exit-on-loss", "LEADERD_EXIT_ON_LOSS", None,
            "exit 3 after stepping down from leadership", is_switch=True),
+    Option("--k8s-label", "LEADERD_K8S_LABEL", None,
+           "label this pod KEY=true while leader and KEY=false otherwise (needs POD_NAME)"),
+    Option("--k8s-events", "LEADERD_K8S_EVENTS", None,
+           "record a Kubernetes Event on this pod for each transition", is_switch=True),
     Option("--log-format", "LEADERD_LOG_FORMAT", "json", "json or console"),
     Option("--log-level", "LEADERD_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]  # fmt: skip
 
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -118,6 +125,10 @@ class RunConfig:
     log_format: str
     log_level: str
     command: list[str] = field(default_factory=list)
+    k8s_label: str | None = None
+    k8s_events: bool = False
+    pod_name: str | None = None
+    pod_namespace: str | None = None
 
     def redacted_url(self) -> str:
         """The Redis URL with any password replaced, for logs."""
@@ -308,11 +319,50 @@ def build_run_config(
         if not os.access(directory, os.W_OK | os.X_OK):
             _fail(opts["status_file"], status_file, f"directory {directory} is not writable")
 
-    switch = opts["exit_on_loss"]
-    switch_raw, _ = _raw(args, switch, env)
-    if (switch_raw or "").strip().lower() not in _TRUE | _FALSE:
-        _fail(switch, switch_raw, "must be true or false")
-    exit_on_loss = (switch_raw or "").strip().lower() in _TRUE
+    def switch(dest: str) -> bool:
+        opt = opts[dest]
+        value, _ = _raw(args, opt, env)
+        text = (value or "").strip().lower()
+        if text not in _TRUE | _FALSE:
+            _fail(opt, value, "must be true or false")
+        return text in _TRUE
+
+    exit_on_loss = switch("exit_on_loss")
+    k8s_events = switch("k8s_events")
+    k8s_label = (raw["k8s_label"] or "").strip() or None
+    if k8s_label is not None:
+        prefix, _, name = k8s_label.rpartition("/")
+        if not _LABEL_NAME.fullmatch(name) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
+            _fail(
+                opts["k8s_label"],
+                k8s_label,
+                "must be a label key like leader or example.com/leader (name: up to 63 "
+                "letters, digits, - _ .)",
+            )
+    pod_name = env.get("POD_NAME") or None
+    namespace = None
+    if k8s_label is not None or k8s_events:
+        from .k8s import pod_namespace
+
+        flag = opts["k8s_label"] if k8s_label is not None else opts["k8s_events"]
+        if importlib.util.find_spec("kubernetes") is None:
+            _fail(
+                flag, k8s_label or "true", "needs the kubernetes client: pip install 'leaderd[k8s]'"
+            )
+        if not pod_name:
+            _fail(
+                flag,
+                k8s_label or "true",
+                "needs POD_NAME (set it from the downward API: fieldRef metadata.name)",
+            )
+        namespace = pod_namespace(env)
+        if not namespace:
+            _fail(
+                flag,
+                k8s_label or "true",
+                "needs POD_NAMESPACE (downward API: fieldRef metadata.namespace) "
+                "or a service-account namespace file",
+            )
 
     log_format = (raw["log_format"] or "").strip().lower()
     if log_format not in ("json", "console"):
@@ -326,7 +376,8 @@ def build_run_config(
         ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,
         retry_name=retry_name, retry_max=retry_max, http_host=http_host, http_port=http_port,
         status_file=status_file, exit_on_loss=exit_on_loss, log_format=log_format,
-        log_level=log_level, command=command,
+        log_level=log_level, command=command, k8s_label=k8s_label, k8s_events=k8s_events,
+        pod_name=pod_name, pod_namespace=namespace,
     )  # fmt: skip
 
 

@@ -182,6 +182,24 @@ async def run_daemon(cfg: RunConfig) -> int:
         elector.observers.append(writer)
         writer.start()
 
+    kube = None
+    if cfg.k8s_label is not None or cfg.k8s_events:
+        from .k8s import KubeObserver, KubeSetupError, load_api
+
+        try:
+            api = load_api()
+        except KubeSetupError as exc:
+            log.error("k8s_setup_failed", error=str(exc))
+            if writer is not None:
+                await writer.close()
+            await client.aclose()
+            return EXIT_CONFIG
+        assert cfg.pod_name is not None and cfg.pod_namespace is not None
+        kube = KubeObserver(api, cfg.pod_name, cfg.pod_namespace, cfg.k8s_label,
+                            cfg.k8s_events, log, metrics.k8s_errors, cfg.election)  # fmt: skip
+        elector.observers.append(kube)
+        kube.start()
+
     runner = None
     if cfg.http_host is not None:
         try:
@@ -197,6 +215,8 @@ async def run_daemon(cfg: RunConfig) -> int:
             )
             if writer is not None:
                 await writer.close()
+            if kube is not None:
+                await kube.close()
             await client.aclose()
             return EXIT_CONFIG
 
@@ -230,6 +250,8 @@ async def run_daemon(cfg: RunConfig) -> int:
             loop.remove_signal_handler(sig)
         if writer is not None:
             await writer.close()
+        if kube is not None:
+            await kube.close()
         if runner is not None:
             await runner.cleanup()
         await client.aclose()

@@ -89,6 +89,13 @@ class ElectionObserver:
     def on_new_leader(self, identity: str | None) -> None:
         """The observed holder of the lock changed (None: nobody, or unknown)."""
 
+    async def stepped_down(self, term: Term, reason: str, budget: float) -> None:
+        """Awaited after a chosen step-down and before the lock is released.
+
+        For outputs that must say "not leader" before anyone else can lead (a pod
+        label); must return within `budget` seconds.
+        """
+
     def on_status_change(self) -> None:
         """Anything in `Elector.status()` changed (valid_until moves on every refresh)."""
 
@@ -267,10 +274,12 @@ class Elector:
         except asyncio.CancelledError:
             await _cancel(task)
             self._end_term(term, "stopped")
+            await self._before_release(term, "stopped")
             await self._release(lock)
             raise
         if reason == "finished":
             self._end_term(term, "released")
+            await self._before_release(term, "released")
             await self._release(lock)
             task.result()  # re-raise what `lead` raised
             return True
@@ -329,6 +338,12 @@ class Elector:
             await asyncio.wait({sleeper, task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
+
+    async def _before_release(self, term: Term, reason: str) -> None:
+        """Let outputs catch up (bounded) while the lease still keeps others out."""
+        budget = min(2.0, term.lease_expires_at - self.clock.now())
+        for o in self.observers:
+            await o.stepped_down(term, reason, budget)
 
     async def _release(self, lock: AsyncLock) -> None:
         """Best effort: give the lock back if it is still ours, so a follower takes over."""
