@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint format bench demo clean
+.PHONY: all install test lint format bench demo image clean
 
 all: test
 
@@ -36,6 +36,11 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m leaderd.demo
+
+IMAGE ?= leaderd:dev
+image:
+	@command -v docker >/dev/null || { echo "error: docker is not installed" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,262 @@
+"""Helm chart, kustomize manifests, Dockerfile and alert rules, checked offline.
+
+The chart is linted and rendered with Helm's own engine (helm-python-sdk); every
+rendered or plain manifest is validated against the Kubernetes schemas
+(kubernetes-validate); probes, ports and env variables are checked against the
+daemon's real endpoints and flags.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from leaderd.config import RUN_OPTIONS
+
+helm = pytest.importorskip("helm_python", reason="chart extra not installed")
+kv = pytest.importorskip("kubernetes_validate", reason="chart extra not installed")
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "leaderd"
+K8S_VERSION = "1.30.0"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+ENDPOINTS = {"/healthz", "/readyz", "/status", "/metrics"}
+FLAG_ENVS = {o.env for o in RUN_OPTIONS} | {"POD_NAME", "POD_NAMESPACE"}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "label": {"mode": "label"},
+    "label-events-native": {"mode": "label", "events": True, "leaderd": {"nativeSidecar": True}},
+    "readiness-native": {"leaderd": {"nativeSidecar": True}},
+    "events-only": {"events": True},
+    "secret-monitoring": {
+        "redis": {"existingSecret": "redis-auth"},
+        "workload": {"port": 8080},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values, name="demo", namespace="team", is_install=True)
+    docs = []
+    for path, text in out.items():
+        if path.endswith(".txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def sidecar(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(c for c in containers(docs) if c["name"] == "leaderd")
+
+
+def validate(doc: dict[str, Any]) -> None:
+    if doc["kind"] in CRD_KINDS:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]
+        return
+    kv.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_chart_lints_clean() -> None:
+    for values in VALUE_SETS.values():
+        report = helm.lint(str(CHART), values, strict=True)
+        errors = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not errors and not report["errors"], report
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_chart_is_valid_kubernetes(name: str) -> None:
+    docs = render(VALUE_SETS[name])
+    assert docs
+    for doc in docs:
+        validate(doc)
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_sidecar_matches_the_daemon(name: str) -> None:
+    values = VALUE_SETS[name]
+    docs = render(values)
+    c = sidecar(docs)
+    envs = {e["name"] for e in c["env"]}
+    assert envs <= FLAG_ENVS, envs - FLAG_ENVS  # every variable is a real flag's
+    port = next(p for p in c["ports"] if p["name"] == "leaderd-http")
+    assert port["containerPort"] == 4040
+    http_addr = next(e["value"] for e in c["env"] if e["name"] == "LEADERD_HTTP_ADDR")
+    assert http_addr.endswith(":4040")
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] in ENDPOINTS and get["port"] == "leaderd-http"
+    label_mode = values.get("mode") == "label"
+    assert c["readinessProbe"]["httpGet"]["path"] == ("/healthz" if label_mode else "/readyz")
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ("LEADERD_K8S_LABEL" in envs) == label_mode
+    native = values.get("leaderd", {}).get("nativeSidecar", False)
+    spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    in_init = any(x["name"] == "leaderd" for x in spec.get("initContainers", []))
+    assert in_init == native and (c.get("restartPolicy") == "Always") == native
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+    assert not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["resources"]["requests"]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rbac_only_when_needed(name: str) -> None:
+    values = VALUE_SETS[name]
+    docs = render(values)
+    kinds = {d["kind"] for d in docs}
+    needed = values.get("mode") == "label" or values.get("events", False)
+    assert ({"ServiceAccount", "Role", "RoleBinding"} <= kinds) == needed
+    assert not ({"ServiceAccount", "Role", "RoleBinding"} & kinds) or needed
+    spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    if needed:
+        role = next(d for d in docs if d["kind"] == "Role")
+        verbs = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
+        assert (("pods", "patch") in verbs) == (values.get("mode") == "label")
+        assert (("events", "create") in verbs) == values.get("events", False)
+        assert spec["serviceAccountName"] == "demo-leaderd"
+    else:
+        assert spec["automountServiceAccountToken"] is False
+
+
+def test_secret_is_mounted_as_a_file_and_monitoring_objects_render() -> None:
+    docs = render(VALUE_SETS["secret-monitoring"])
+    c = sidecar(docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mount = c["volumeMounts"][0]["mountPath"]
+    assert env["LEADERD_REDIS_PASSWORD_FILE"] == f"{mount}/password"
+    assert not any("password" in str(e.get("value", "")).lower() and
+                   e["name"] != "LEADERD_REDIS_PASSWORD_FILE" for e in c["env"])  # fmt: skip
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"} <= kinds
+    sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "leaderd-http"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_label_mode_service_selects_the_leader_label() -> None:
+    docs = render({"mode": "label", "workload": {"port": 8080}})
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "demo-leaderd"
+    )
+    assert svc["spec"]["selector"]["leaderd.io/leader"] == "true"
+
+
+def test_schema_rejects_bad_values() -> None:
+    chart = helm.Chart.load(str(CHART))
+    for bad in ({"mode": "both"}, {"redis": {"url": "http://x"}},
+                {"leaderd": {"ttl": "ten"}, "redis": {"url": "redis://r"}}):  # fmt: skip
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
+
+
+def _kustomize_docs() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted((REPO / "deploy").rglob("*.yaml")):
+        if path.name in ("kustomization.yaml", "leaderd-rules.yaml", "leaderd-rules.test.yaml"):
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                out.append((path, doc))
+    return out
+
+
+def test_deploy_manifests_are_valid_kubernetes() -> None:
+    docs = _kustomize_docs()
+    assert len(docs) >= 8
+    for path, doc in docs:
+        if path.name == "label-mode.yaml":
+            continue  # a strategic-merge patch, not a whole object
+        try:
+            validate(doc)
+        except Exception as exc:
+            raise AssertionError(f"{path}: {exc}") from exc
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", ["readiness", "label"])
+def test_kustomize_overlays_build_and_validate(overlay: str) -> None:  # pragma: no cover
+    out = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for doc in yaml.safe_load_all(out):
+        if doc:
+            validate(doc)
+
+
+def test_deploy_sidecar_matches_the_daemon() -> None:
+    dep = next(d for p, d in _kustomize_docs() if p.name == "deployment.yaml")
+    c = next(x for x in dep["spec"]["template"]["spec"]["containers"] if x["name"] == "leaderd")
+    assert {e["name"] for e in c["env"]} <= FLAG_ENVS
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    patch = next(d for p, d in _kustomize_docs() if p.name == "label-mode.yaml")
+    pc = patch["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in pc["env"]} <= FLAG_ENVS
+    assert pc["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_dockerfile_final_stage_runs_as_non_root() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    final = re.split(r"(?m)^FROM ", text)[-1]
+    users = re.findall(r"(?m)^USER\s+(\S+)", final)
+    assert users, "the final stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "leaderd"]' in final
+    assert "EXPOSE 4040" in final
+    assert not re.search(r"(?m)^RUN .*(gcc|build-essential)", final)
+    assert "--no-cache-dir" in final
+
+
+def _rules(doc: dict[str, Any]) -> list[tuple[str, str, str | None, dict[str, str]]]:
+    groups = doc["spec"]["groups"] if "spec" in doc else doc["groups"]
+    return [(r["alert"], r["expr"], r.get("for"), r["labels"]) for g in groups for r in g["rules"]]
+
+
+def test_alert_rules_are_the_same_everywhere() -> None:
+    canonical = yaml.safe_load((REPO / "deploy/monitoring/leaderd-rules.yaml").read_text())
+    chart_copy = yaml.safe_load((CHART / "files/leaderd-rules.yaml").read_text())
+    operator = yaml.safe_load((REPO / "deploy/monitoring/prometheusrule.yaml").read_text())
+    assert chart_copy == canonical
+    assert _rules(operator) == _rules(canonical)
+    metric_names = set(re.findall(r"leaderd_[a-z0-9_]+", str(_rules(canonical))))
+    assert metric_names <= {"leaderd_is_leader", "leaderd_leadership_transitions_total",
+                            "leaderd_refresh_total"}  # fmt: skip
+
+
+def test_grafana_dashboard_uses_real_metrics() -> None:
+    import json
+
+    dash = json.loads((REPO / "deploy/monitoring/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"leaderd_[a-z0-9_]+", " ".join(exprs)))
+    real = {"leaderd_is_leader", "leaderd_leadership_transitions_total",
+            "leaderd_refresh_total", "leaderd_refresh_duration_seconds_bucket",
+            "leaderd_lease_remaining_seconds", "leaderd_acquire_attempts_total",
+            "leaderd_k8s_errors_total", "leaderd_fencing_token"}  # fmt: skip
+    assert used and used <= real
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    mon = REPO / "deploy" / "monitoring"
+    subprocess.run(["promtool", "check", "rules", "leaderd-rules.yaml"], cwd=mon, check=True,
+                   capture_output=True)  # fmt: skip
+    out = subprocess.run(["promtool", "test", "rules", "leaderd-rules.test.yaml"], cwd=mon,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
