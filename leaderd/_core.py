@@ -195,6 +195,13 @@ def parse_acquire(reply: object) -> AcquireResult:
     return AcquireResult(False, holder=holder, ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
 
 
+def parse_holder(value: object, pttl: int) -> tuple[str | None, float | None]:
+    """(holder value, seconds left) from a GET and a PTTL of a lock key."""
+    if value is None:
+        return None, None
+    return _text(value), (pttl / 1000.0 if pttl >= 0 else None)
+
+
 def is_noscript(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.NoScriptError) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith("NOSCRIPT")

@@ -187,10 +187,7 @@ class AsyncLockClient:
             pipe.get(key)
             pipe.pttl(key)
             value, pttl = await pipe.execute()
-        if value is None:
-            return None, None
-        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        return text, (pttl / 1000.0 if pttl >= 0 else None)
+        return _core.parse_holder(value, pttl)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -225,10 +225,7 @@ class LockClient:
         pipe.get(key)
         pipe.pttl(key)
         value, pttl = pipe.execute()
-        if value is None:
-            return None, None
-        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        return text, (pttl / 1000.0 if pttl >= 0 else None)
+        return _core.parse_holder(value, pttl)
 
 
 def _is_stale(conn: Any) -> bool:

@@ -15,6 +15,10 @@ from typing import Any
 
 from leaderd.devserver import free_port
 
+from .conftest import wait_for as poll
+
+__all__ = ["Daemon", "leaderd_cmd", "poll"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -122,14 +126,3 @@ class Daemon:
                 pass
             self.proc.wait(10)
         self._log.close()
-
-
-def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)

@@ -41,6 +41,13 @@ def test_try_lock_acquires_and_reports_holder(client: LockClient, r: redis.Redis
     assert err.value.ttl is not None and 4 < err.value.ttl <= 5
 
 
+def test_get_holder(client: LockClient) -> None:
+    assert client.get_holder("jobs") == (None, None)
+    lock = client.try_lock("jobs", expiration=5)
+    value, ttl = client.get_holder("jobs")
+    assert value == lock.value and ttl is not None and 4 < ttl <= 5
+
+
 def test_values_are_unique_per_lock(client: LockClient) -> None:
     values = set()
     for i in range(100):
