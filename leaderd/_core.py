@@ -202,6 +202,18 @@ def parse_holder(value: object, pttl: int) -> tuple[str | None, float | None]:
     return _text(value), (pttl / 1000.0 if pttl >= 0 else None)
 
 
+#: Error replies that mean "this node cannot serve writes right now" (failover,
+#: loading, cluster resharding): an attempt that meets one is retried like a timeout.
+FAILOVER_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_failover_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and any(
+        text.startswith(p) or f"-{p}" in text or f" {p} " in f" {text} " for p in FAILOVER_REPLIES
+    )
+
+
 def is_noscript(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.NoScriptError) or (
         isinstance(exc, redis.ResponseError) and str(exc).startswith("NOSCRIPT")

@@ -152,6 +152,10 @@ class AsyncLockClient:
                     )
                 except TRANSIENT as exc:
                     error = exc
+                except redis.ResponseError as exc:
+                    if not _core.is_failover_error(exc):
+                        raise
+                    error = exc  # e.g. READONLY from a demoted primary: retry
                 if on_attempt is not None:
                     on_attempt(result, error)
                 if result is not None and result.acquired:

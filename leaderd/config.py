@@ -110,6 +110,7 @@ class RunConfig:
 
     redis_url: str
     redis_password: str | None
+    redis_password_file: str | None
     election: str
     identity: str
     ttl: float
@@ -372,7 +373,9 @@ def build_run_config(
         _fail(opts["log_level"], raw["log_level"], "must be one of " + ", ".join(LOG_LEVELS))
 
     return RunConfig(
-        redis_url=url, redis_password=password, election=election, identity=identity,
+        redis_url=url, redis_password=password,
+        redis_password_file=raw["redis_password_file"] or None,
+        election=election, identity=identity,
         ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,
         retry_name=retry_name, retry_max=retry_max, http_host=http_host, http_port=http_port,
         status_file=status_file, exit_on_loss=exit_on_loss, log_format=log_format,

@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+import redis
 import redis.asyncio
 
 from .aio import AsyncLockClient
@@ -128,6 +129,43 @@ class StatusFileWriter(ElectionObserver):
         await self._write()
 
 
+class PasswordReloader(ElectionObserver):
+    """Re-reads the password file when Redis refuses the password (rotation).
+
+    New connections use the new password; connections that are already
+    authenticated keep working, as Redis does not drop them on a password change.
+    """
+
+    def __init__(self, path: str, pool: Any, log: Any) -> None:
+        self.path = path
+        self.pool = pool
+        self.log = log
+
+    def on_attempt(self, outcome: str, error: Exception | None) -> None:
+        self._maybe_reload(error)
+
+    def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
+        self._maybe_reload(error)
+
+    def _maybe_reload(self, error: Exception | None) -> None:
+        if error is None:
+            return
+        text = str(error)
+        if not (isinstance(error, redis.AuthenticationError) or "WRONGPASS" in text
+                or "NOAUTH" in text or "invalid password" in text):  # fmt: skip
+            return
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                password = fh.read().rstrip("\r\n")
+        except OSError as exc:
+            self.log.warning("password_file_unreadable", path=self.path,
+                             error=exc.strerror or str(exc))  # fmt: skip
+            return
+        if password and password != self.pool.connection_kwargs.get("password"):
+            self.pool.connection_kwargs["password"] = password
+            self.log.info("password_reloaded", path=self.path)
+
+
 class LossWatcher(ElectionObserver):
     """--exit-on-loss: end the daemon with exit 3 once leadership is lost."""
 
@@ -177,6 +215,10 @@ async def run_daemon(cfg: RunConfig) -> int:
 
     if cfg.exit_on_loss:
         elector.observers.append(LossWatcher(stop))
+    if cfg.redis_password_file:
+        elector.observers.append(
+            PasswordReloader(cfg.redis_password_file, client.connection_pool, log)
+        )
     writer = StatusFileWriter(cfg.status_file, elector, log) if cfg.status_file else None
     if writer is not None:
         elector.observers.append(writer)
@@ -245,6 +287,9 @@ async def run_daemon(cfg: RunConfig) -> int:
     except MaxRetryError as exc:
         log.error("gave_up", attempts=exc.attempts, error=str(exc))
         exit_code = EXIT_RETRY
+    except Exception as exc:  # a bug: report it as one structured line, not a bare trace
+        log.error("failed", error=_error_text(exc), exc_info=True)
+        exit_code = EXIT_CONFIG
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -20,7 +20,7 @@ import redis
 
 from ._core import AcquireResult
 from .aio import AsyncLock, AsyncLockClient
-from .errors import LockError, LockNotHeldError
+from .errors import LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
 #: Errors that mean "Redis did not answer properly"; the elector keeps trying.
@@ -242,15 +242,24 @@ class Elector:
             {"identity": self.identity, "nonce": secrets.token_hex(8)}, separators=(",", ":")
         )
         while True:
-            lock = await self.client.lock(
-                self.key,
-                value=value,
-                expiration=self.ttl,
-                timeout=self.timeout,
-                retry=self.retry,
-                embed_token=True,
-                on_attempt=self._attempted,
-            )
+            try:
+                lock = await self.client.lock(
+                    self.key,
+                    value=value,
+                    expiration=self.ttl,
+                    timeout=self.timeout,
+                    retry=self.retry,
+                    embed_token=True,
+                    on_attempt=self._attempted,
+                )
+            except MaxRetryError:
+                raise
+            except (redis.RedisError, LockError) as exc:
+                # Not a failover blip (e.g. a WRONGTYPE key, an ACL refusal): report it
+                # like any failed attempt and keep contending; never die of it.
+                self._attempted(None, exc)
+                await self.clock.sleep(self.retry.next_delay(1) or 1.0)
+                continue
             now = self.clock.now()
             started = now - (time.monotonic() - lock.acquired_at)
             term = Term(
