@@ -395,3 +395,15 @@ def test_a_dead_waiter_does_not_block_the_hand_over(
     holder.unlock()  # reserved for "ghost", which never comes
     thread.join(5)
     assert got and got[0] - released < 0.5
+
+
+def test_readonly_replica_is_a_retried_failure(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    primary = redis_factory()
+    replica = redis_factory(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+    client = LockClient(redis.Redis.from_url(replica.url))
+    with pytest.raises(MaxRetryError, match="Redis did not answer") as err:
+        client.lock("jobs", retry=FixedIntervalStrategy(0.01, 2))
+    assert "READONLY" in str(err.value.__cause__)
+    assert err.value.attempts == 3
