@@ -113,3 +113,41 @@ def test_status_file_directory_vanishing_is_logged_once(
         assert d.wait() == 0
     finally:
         d.stop()
+
+
+ACL = (
+    "ACL SETUSER leaderd on >acl-Pass-1 ~leaderd:* resetchannels &leaderd:released:* "
+    "+evalsha +eval +ping +hello +client|setname +subscribe +unsubscribe "
+    "+get +set +pexpire +pttl +del +exists +time +publish "
+    "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore"
+)
+
+
+def test_the_documented_acl_is_enough(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The minimal ACL of the README: leaderd works; other keys are out of reach."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = " ".join(
+        line.strip().rstrip("\\").strip()
+        for line in readme.split("ACL SETUSER", 1)[1].split("```", 1)[0].splitlines()
+    )
+    assert " ".join(ACL.split()[2:]) in "SETUSER " + documented.replace("PASSWORD", "acl-Pass-1")
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.execute_command(*ACL.split())
+    url = f"redis://leaderd@127.0.0.1:{redis_server.port}/0"
+    pw = tmp_path / "pw"
+    pw.write_text("acl-Pass-1")
+    ds = [spawn(url, f"pod-{i}", "--redis-password-file", str(pw)) for i in range(2)]
+    for d in ds:
+        d.wait_http()
+    poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
+    leader = next(d for d in ds if d.ready() == 200)
+    other = next(d for d in ds if d is not leader)
+    leader.signal(signal.SIGTERM)  # release + hand-over work under the ACL too
+    poll(lambda: other.ready() == 200, 5)
+    for d in ds:
+        assert "NOPERM" not in d.logs()
+    limited = redis.Redis.from_url(url, password="acl-Pass-1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        limited.get("some-other-key")
