@@ -4,7 +4,13 @@ from ._core import AcquireResult
 from ._version import __version__
 from .aio import AsyncLock, AsyncLockClient
 from .election import Clock, ElectionObserver, Elector, SystemClock, Term
-from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
+from .errors import (
+    FailedToPreemptLockError,
+    LockError,
+    LockNotHeldError,
+    MaxRetryError,
+    NotReplicatedError,
+)
 from .lock import AutoRefresh, Lock, LockClient
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
@@ -24,6 +30,7 @@ __all__ = [
     "LockNotHeldError",
     "MaxRetryError",
     "NonFixedIntervalStrategy",
+    "NotReplicatedError",
     "RetryStrategy",
     "SystemClock",
     "Term",

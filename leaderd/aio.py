@@ -17,7 +17,13 @@ import redis.asyncio
 
 from . import _core
 from ._core import AcquireResult, AttemptHook, LockBase, Script
-from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
+from .errors import (
+    FailedToPreemptLockError,
+    LockError,
+    LockNotHeldError,
+    MaxRetryError,
+    NotReplicatedError,
+)
 from .lock import DEFAULT_RETRY, TRANSIENT
 from .strategy import RetryStrategy
 
@@ -25,8 +31,14 @@ from .strategy import RetryStrategy
 class AsyncLockClient:
     """Acquires locks on one Redis through a `redis.asyncio.Redis` client."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, min_replicas: int = 0) -> None:
+        """`min_replicas` > 0: every acquire and refresh also waits (WAIT, pipelined on
+        the same connection, within the call's timeout) until that many replicas have
+        the write, else it fails with `NotReplicatedError`."""
+        if min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, got {min_replicas!r}")
         self.redis = client
+        self.min_replicas = min_replicas
 
     # -- I/O -------------------------------------------------------------------------
     async def _eval(
@@ -38,7 +50,12 @@ class AsyncLockClient:
         propagates (some redis-py versions swallow a cancellation that lands inside
         their I/O); an abandoned call is cancelled and drops its connection.
         """
-        call = asyncio.ensure_future(self._eval_unbounded(script, keys, args))
+        wait_ms = 0
+        if self.min_replicas and script is not _core.RELEASE:
+            # WAIT gets most of the budget, minus Redis's timer granularity (its
+            # timeouts fire up to ~100 ms late at hz 10), so it answers in time.
+            wait_ms = max(1, round((timeout if timeout is not None else 1.0) * 750) - 120)
+        call = asyncio.ensure_future(self._eval_unbounded(script, keys, args, wait_ms))
         call.add_done_callback(_retrieve)
         try:
             done, _ = await asyncio.wait({call}, timeout=timeout)
@@ -50,7 +67,9 @@ class AsyncLockClient:
             raise TimeoutError(f"{script.name} did not answer within {timeout}s")
         return call.result()
 
-    async def _eval_unbounded(self, script: Script, keys: list[str], args: list[str]) -> Any:
+    async def _eval_unbounded(
+        self, script: Script, keys: list[str], args: list[str], wait_ms: int = 0
+    ) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
             client: Any = self.redis  # redis-py types these as sync-or-async
@@ -62,19 +81,18 @@ class AsyncLockClient:
                 return await client.eval(script.source, len(keys), *keys, *args)
         conn = await pool.get_connection()
         try:
-            try:
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            except redis.ConnectionError:
-                # A pooled socket that died while idle: the command was not sent.
-                await conn.disconnect()
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                return await conn.read_response()
-            except redis.ResponseError as exc:
-                if not _core.is_noscript(exc):
-                    raise
-            await conn.send_command("EVAL", script.source, len(keys), *keys, *args)
-            return await conn.read_response()
+            replies = await self._roundtrip(conn, "EVALSHA", script.sha, keys, args, wait_ms)
+            if isinstance(replies[0], redis.ResponseError) and _core.is_noscript(replies[0]):
+                replies = await self._roundtrip(conn, "EVAL", script.source, keys, args, wait_ms)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            if wait_ms:
+                acked = replies[1]
+                if isinstance(acked, Exception):
+                    raise acked
+                if int(acked) < self.min_replicas:
+                    raise NotReplicatedError(keys[0], self.min_replicas, int(acked))
+            return replies[0]
         except redis.ResponseError:
             raise
         except BaseException:
@@ -84,6 +102,28 @@ class AsyncLockClient:
             raise
         finally:
             await pool.release(conn)
+
+    async def _roundtrip(
+        self, conn: Any, verb: str, body: str, keys: list[str], args: list[str], wait_ms: int
+    ) -> list[Any]:
+        """Send the script call (and WAIT, pipelined) and read every reply."""
+        commands: list[tuple[Any, ...]] = [(verb, body, len(keys), *keys, *args)]
+        if wait_ms:
+            commands.append(("WAIT", self.min_replicas, wait_ms))
+        packed = conn.pack_commands(commands)
+        try:
+            await conn.send_packed_command(packed)
+        except redis.ConnectionError:
+            # A pooled socket that died while idle: the commands were not sent.
+            await conn.disconnect()
+            await conn.send_packed_command(packed)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     async def _acquire(
         self,

@@ -83,6 +83,8 @@ RUN_OPTIONS = [
     Option("--retry-max-interval", "LEADERD_RETRY_MAX_INTERVAL", "30s", "cap for exponential"),
     Option("--retry-max", "LEADERD_RETRY_MAX", "0",
            "give up after this many failed attempts, exit 4 (0: forever)"),
+    Option("--min-replicas-ack", "LEADERD_MIN_REPLICAS_ACK", "0",
+           "after acquire and refresh, WAIT for this many replicas; else count a failure"),
     Option("--http-addr", "LEADERD_HTTP_ADDR", "0.0.0.0:4040",
            "health, status and metrics server (empty: off)"),
     Option("--status-file", "LEADERD_STATUS_FILE", None,
@@ -119,6 +121,7 @@ class RunConfig:
     retry: RetryStrategy
     retry_name: str
     retry_max: int
+    min_replicas_ack: int
     http_host: str | None
     http_port: int
     status_file: str | None
@@ -302,6 +305,11 @@ def build_run_config(
             )
         retry = NonFixedIntervalStrategy(interval, max_retry, max_interval=max_interval)
 
+    acks_text = (raw["min_replicas_ack"] or "0").strip()
+    if not acks_text.isdigit() or int(acks_text) > 100:
+        _fail(opts["min_replicas_ack"], acks_text, "must be a whole number from 0 to 100")
+    min_replicas_ack = int(acks_text)
+
     http_host: str | None = None
     http_port = 0
     addr = (raw["http_addr"] or "").strip()
@@ -377,7 +385,8 @@ def build_run_config(
         redis_password_file=raw["redis_password_file"] or None,
         election=election, identity=identity,
         ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,
-        retry_name=retry_name, retry_max=retry_max, http_host=http_host, http_port=http_port,
+        retry_name=retry_name, retry_max=retry_max, min_replicas_ack=min_replicas_ack,
+        http_host=http_host, http_port=http_port,
         status_file=status_file, exit_on_loss=exit_on_loss, log_format=log_format,
         log_level=log_level, command=command, k8s_label=k8s_label, k8s_events=k8s_events,
         pod_name=pod_name, pod_namespace=namespace,

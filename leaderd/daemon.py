@@ -194,7 +194,8 @@ async def run_daemon(cfg: RunConfig) -> int:
     log = get_logger(election=cfg.election, identity=cfg.identity)
     client = redis_client(cfg)
     elector = Elector(
-        AsyncLockClient(client), cfg.election, cfg.identity, ttl=cfg.ttl,
+        AsyncLockClient(client, min_replicas=cfg.min_replicas_ack), cfg.election, cfg.identity,
+        ttl=cfg.ttl,
         refresh_interval=cfg.refresh_interval, renew_deadline=cfg.renew_deadline, retry=cfg.retry,
     )  # fmt: skip
     metrics = Metrics(elector)

@@ -6,6 +6,8 @@ unchanged from `try_lock`, `refresh` and `unlock`; `lock()` retries them.
 
 from __future__ import annotations
 
+import redis
+
 
 class LockError(Exception):
     """Base class of every error raised by leaderd's lock library."""
@@ -30,6 +32,20 @@ class LockNotHeldError(LockError):
         self.key = key
         self.operation = operation
         super().__init__(f"cannot {operation} lock {key!r}: it expired or is held by someone else")
+
+
+class NotReplicatedError(LockError, redis.TimeoutError):
+    """A write reached the primary but not `min_replicas` replicas in time.
+
+    Counts as a timed-out attempt: `lock()` retries it (the retry finds the key
+    already ours and waits for replication again).
+    """
+
+    def __init__(self, key: str, wanted: int, acked: int) -> None:
+        self.key = key
+        self.wanted = wanted
+        self.acked = acked
+        super().__init__(f"lock {key!r}: {acked} of {wanted} replicas acknowledged in time")
 
 
 class MaxRetryError(LockError):
