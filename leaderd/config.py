@@ -57,6 +57,7 @@ class Option:
     default: str | None
     help: str
     is_switch: bool = False
+    is_list: bool = False  # repeatable flag; the env variable is comma-separated
 
     @property
     def dest(self) -> str:
@@ -68,6 +69,11 @@ RUN_OPTIONS = [
            "redis://, rediss:// (TLS) or unix:// URL of the Redis server (required)"),
     Option("--redis-password-file", "LEADERD_REDIS_PASSWORD_FILE", None,
            "file holding the Redis password (e.g. a mounted Secret); never logged"),
+    Option("--sentinel", "LEADERD_SENTINELS", None,
+           "Redis Sentinel HOST:PORT (repeat for each); the URL then only gives "
+           "db, username and password", is_list=True),
+    Option("--sentinel-master", "LEADERD_SENTINEL_MASTER", None,
+           "name of the Sentinel-monitored primary (required with --sentinel)"),
     Option("--election", "LEADERD_ELECTION", None,
            "name of the election; the lock key is leaderd:{<election>} (required)"),
     Option("--identity", "LEADERD_IDENTITY", None,
@@ -111,6 +117,8 @@ class RunConfig:
     """Validated settings of `leaderd run`."""
 
     redis_url: str
+    sentinels: list[tuple[str, int]]
+    sentinel_master: str | None
     redis_password: str | None
     redis_password_file: str | None
     election: str
@@ -176,7 +184,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     for opt in RUN_OPTIONS:
         default = f" [default: {opt.default}]" if opt.default is not None else ""
         text = f"{opt.help}{default} (env {opt.env})"
-        if opt.is_switch:
+        if opt.is_list:
+            parser.add_argument(
+                opt.flag, dest=opt.dest, action="append", metavar="VALUE", help=text
+            )
+        elif opt.is_switch:
             parser.add_argument(
                 opt.flag, dest=opt.dest, action="store_true", default=None, help=text
             )
@@ -188,6 +200,8 @@ def _raw(args: argparse.Namespace, opt: Option, env: dict[str, str]) -> tuple[st
     """The value of `opt` and where it came from (for error messages)."""
     value = getattr(args, opt.dest, None)
     if value is not None:
+        if opt.is_list:
+            return ",".join(value if isinstance(value, list) else [str(value)]), opt.flag
         return (str(value) if not opt.is_switch else "true"), opt.flag
     if opt.env in env:
         return env[opt.env], opt.env
@@ -220,13 +234,29 @@ def build_run_config(
             _fail(opts[dest], value, "must be greater than zero")
         return seconds
 
+    sentinels: list[tuple[str, int]] = []
+    for item in (raw["sentinel"] or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(opts["sentinel"], item, "must be HOST:PORT, e.g. sentinel-0:26379")
+        sentinels.append((host.strip("[]"), int(port)))
+    sentinel_master = (raw["sentinel_master"] or "").strip() or None
+    if sentinels and not sentinel_master:
+        _fail(opts["sentinel_master"], None, "is required with --sentinel, e.g. mymaster")
+    if sentinel_master and not sentinels:
+        _fail(opts["sentinel"], None, "is required with --sentinel-master")
     url = (raw["redis_url"] or "").strip()
+    if not url and sentinels:
+        url = "redis://"  # db, user and password defaults; the host comes from Sentinel
     if not url:
         _fail(opts["redis_url"], None, "is required, e.g. redis://redis:6379/0")
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         _fail(opts["redis_url"], redact_url(url), "must start with redis://, rediss:// or unix://")
-    if scheme != "unix" and not urlsplit(url).hostname:
+    if scheme != "unix" and not urlsplit(url).hostname and not sentinels:
         _fail(opts["redis_url"], redact_url(url), "has no host, e.g. redis://redis:6379/0")
 
     password = None
@@ -381,7 +411,8 @@ def build_run_config(
         _fail(opts["log_level"], raw["log_level"], "must be one of " + ", ".join(LOG_LEVELS))
 
     return RunConfig(
-        redis_url=url, redis_password=password,
+        redis_url=url, sentinels=sentinels, sentinel_master=sentinel_master,
+        redis_password=password,
         redis_password_file=raw["redis_password_file"] or None,
         election=election, identity=identity,
         ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,

@@ -178,12 +178,31 @@ class LossWatcher(ElectionObserver):
 
 
 def redis_client(cfg: RunConfig) -> redis.asyncio.Redis:
-    """An asyncio Redis client; the password file, if any, wins over the URL's password."""
-    pool = redis.asyncio.ConnectionPool.from_url(
-        cfg.redis_url, socket_connect_timeout=min(2.0, cfg.refresh_interval),
-        socket_keepalive=True, health_check_interval=0,
-        client_name=f"leaderd:{cfg.election}:{cfg.identity}",
+    """An asyncio Redis client (through Sentinel if configured); the password file,
+    if any, wins over the URL's password."""
+    options: dict[str, Any] = dict(
+        socket_connect_timeout=min(2.0, cfg.refresh_interval), socket_keepalive=True,
+        health_check_interval=0, client_name=f"leaderd:{cfg.election}:{cfg.identity}",
     )  # fmt: skip
+    if cfg.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        from_url: dict[str, Any] = dict(redis.asyncio.connection.parse_url(cfg.redis_url))
+        for key in ("db", "username", "password"):
+            if key in from_url:
+                options[key] = from_url[key]
+        if cfg.redis_password is not None:
+            options["password"] = cfg.redis_password
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            cfg.sentinels,
+            sentinel_kwargs={"socket_connect_timeout": options["socket_connect_timeout"]},
+        )
+        assert cfg.sentinel_master is not None
+        client: redis.asyncio.Redis = sentinel.master_for(
+            cfg.sentinel_master, redis_class=redis.asyncio.Redis, **options
+        )
+        return client
+    pool = redis.asyncio.ConnectionPool.from_url(cfg.redis_url, **options)
     if cfg.redis_password is not None:
         pool.connection_kwargs["password"] = cfg.redis_password
     return redis.asyncio.Redis(connection_pool=pool)
@@ -273,7 +292,9 @@ async def run_daemon(cfg: RunConfig) -> int:
         else None
     )
     log.info(
-        "starting", redis=cfg.redacted_url(), ttl=cfg.ttl, refresh_interval=cfg.refresh_interval,
+        "starting", redis=cfg.redacted_url(),
+        sentinels=[f"{h}:{p}" for h, p in cfg.sentinels] or None, master=cfg.sentinel_master,
+        ttl=cfg.ttl, refresh_interval=cfg.refresh_interval,
         renew_deadline=cfg.renew_deadline, retry=cfg.retry_name,
         http=f"{cfg.http_host}:{cfg.http_port}" if cfg.http_host is not None else None,
         status_file=cfg.status_file, exec=cfg.command[0] if cfg.command else None,

@@ -60,8 +60,14 @@ class RedisServer:
         password: str | None = None,
         extra_args: list[str] | None = None,
         binary: str | None = None,
+        config: str | None = None,
+        sentinel: bool = False,
     ) -> None:
+        """`config`: text of a config file (a Sentinel's `sentinel monitor …` lines);
+        `sentinel`: run as a Sentinel instead of a server."""
         self.binary = binary or find_redis_server()
+        self.config = config
+        self.sentinel = sentinel
         self.port = port or free_port()
         self.password = password
         self.extra_args = list(extra_args or [])
@@ -73,23 +79,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def args(self) -> list[str]:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.dir,
-            "--daemonize",
-            "no",
-            "--logfile",
-            os.path.join(self.dir, "redis.log"),
-        ]
+        args = [self.binary]
+        if self.config is not None or self.sentinel:
+            path = os.path.join(self.dir, "redis.conf")
+            if not os.path.exists(path):  # a Sentinel rewrites its file: keep it
+                with open(path, "w", encoding="utf-8") as fh:
+                    fh.write(self.config or "")
+            args.append(path)
+        if self.sentinel:
+            args.append("--sentinel")
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args += ["--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")]
+        if not self.sentinel:
+            args += ["--save", "", "--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         return args + self.extra_args

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +26,7 @@ from .daemons import leaderd_cmd
 BASE = {"LEADERD_REDIS_URL": "redis://localhost:6379/0", "LEADERD_ELECTION": "jobs"}
 
 
-def config(env: dict[str, str] | None = None, **flags: str):  # type: ignore[no-untyped-def]
+def config(env: dict[str, str] | None = None, **flags: Any):  # type: ignore[no-untyped-def]
     ns = argparse.Namespace(**{o.dest: None for o in RUN_OPTIONS})
     for k, v in flags.items():
         setattr(ns, k, v)
@@ -67,6 +68,14 @@ def test_defaults() -> None:
     assert cfg.log_format == "json" and not cfg.exit_on_loss
 
 
+def test_sentinels_from_flags_or_env() -> None:
+    cfg = config(sentinel=["a:26379", "b:26380"], sentinel_master="m", redis_url="")
+    assert cfg.sentinels == [("a", 26379), ("b", 26380)] and cfg.sentinel_master == "m"
+    cfg = config(env={"LEADERD_SENTINELS": "a:1, b:2", "LEADERD_SENTINEL_MASTER": "m",
+                      "LEADERD_REDIS_URL": "redis://:pw@/3"})  # fmt: skip
+    assert cfg.sentinels == [("a", 1), ("b", 2)]
+
+
 def test_flags_win_over_env() -> None:
     cfg = config(env={"LEADERD_TTL": "30s", "LEADERD_RETRY": "exponential",
                       "LEADERD_RETRY_MAX": "5", "LEADERD_EXIT_ON_LOSS": "true"},
@@ -104,10 +113,14 @@ def test_flags_win_over_env() -> None:
         ({}, {"log_level": "loud"}, "--log-level"),
         ({"LEADERD_EXIT_ON_LOSS": "maybe"}, {}, "true or false"),
         ({}, {"redis_password_file": "/nonexistent/pw"}, "cannot be read"),
+        ({}, {"sentinel": ["nohostport"], "sentinel_master": "m"}, "must be HOST:PORT"),
+        ({}, {"sentinel": ["s:26379"]}, "--sentinel-master (env LEADERD_SENTINEL_MASTER): is"),
+        ({}, {"sentinel_master": "m"}, "--sentinel (env LEADERD_SENTINELS): is required"),
+        ({}, {"min_replicas_ack": "-1"}, "--min-replicas-ack"),
     ],
 )  # fmt: skip
 def test_config_errors_name_flag_env_and_rule(
-    env: dict[str, str], flags: dict[str, str], needle: str
+    env: dict[str, str], flags: dict[str, Any], needle: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
         config(env=env, **flags)
