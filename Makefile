@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint format bench demo image clean
+.PHONY: all install test lint format bench demo image chaos clean
 
 all: test
 
@@ -33,6 +33,9 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --seconds $${CHAOS_SECONDS:-600} --seed $${CHAOS_SEED:-1}
 
 demo: $(STAMP)
 	$(BIN)/python -m leaderd.demo

@@ -53,6 +53,11 @@ class LogObserver(ElectionObserver):
             self.log.info("redis_available")
 
     def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
+        if outcome == "ok":
+            term = self.elector.term
+            if term is not None:  # debug: the fault-injection checker rebuilds terms from it
+                self.log.debug("lease_renewed", token=term.fencing_token,
+                               valid_until=self.elector.status()["valid_until"])  # fmt: skip
         if outcome == "error":
             self.refresh_failures += 1
             if self.refresh_failures == 1:
@@ -73,6 +78,7 @@ class LogObserver(ElectionObserver):
             waited_s=round(time.monotonic() - self.follower_since, 3),
             valid_for_s=round(term.deadline - now, 3),
             term_started_at=self.elector.status()["term_started_at"],
+            valid_until=self.elector.status()["valid_until"],
         )  # fmt: skip
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:

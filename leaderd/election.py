@@ -323,16 +323,18 @@ class Elector:
                 outcome, error = "error", exc
             finished = self.clock.now()
             self._last_progress = finished
+            late = finished >= term.deadline  # a late success does not revive the term
+            if outcome == "ok" and not late:
+                term.deadline = started + self.renew_deadline
+                term.lease_expires_at = started + self.ttl
+                next_refresh = started + self.refresh_interval
             for o in self.observers:
                 o.on_refresh(outcome, finished - started, error)
             if outcome == "lost":
                 return "lost"
-            if finished >= term.deadline:
-                return "deadline"  # a late success does not revive the term
+            if late:
+                return "deadline"
             if outcome == "ok":
-                term.deadline = started + self.renew_deadline
-                term.lease_expires_at = started + self.ttl
-                next_refresh = started + self.refresh_interval
                 self._changed()
             else:
                 next_refresh = finished + min(self.refresh_interval / 4, 1.0)

@@ -39,11 +39,12 @@ class Daemon:
         ttl: str = "1s",
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        log_name: str | None = None,
     ) -> None:
         self.identity = identity
         self.port = free_port()
         self.status_file = tmp / f"{identity}.status.json"
-        self.log_file = tmp / f"{identity}.log"
+        self.log_file = tmp / (log_name or f"{identity}.log")
         args = [
             "run", "--redis-url", redis_url, "--election", election, "--identity", identity,
             "--ttl", ttl, "--http-addr", f"127.0.0.1:{self.port}",

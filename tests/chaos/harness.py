@@ -1,0 +1,271 @@
+"""Fault injection for `leaderd run`: daemons, a Redis behind per-daemon TCP proxies,
+seeded random faults, and a checker that rebuilds every leadership term from the
+daemons' JSON logs and proves the safety properties.
+
+Short run: `pytest tests/chaos` (inside `make test`). Long run: `make chaos`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leaderd.devserver import RedisServer
+
+from ..daemons import Daemon
+from .proxy import TcpProxy
+
+TTL = 1.0
+REFRESH = TTL / 3
+TIMEOUT = min(REFRESH, 2.0)
+RETRY = 0.3
+#: Documented bound on an overlap caused by Redis losing the lock: the old leader's
+#: next refresh finds the key gone: at most one refresh interval plus one call.
+DATA_LOSS_BOUND = REFRESH + TIMEOUT
+SLACK = 0.05  # log timestamps and process scheduling
+
+
+def _ts(event: dict[str, Any]) -> float:
+    stamp = event["timestamp"].replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+@dataclass
+class Term:
+    daemon: str
+    token: int
+    start: float
+    end: float
+    stepped_down: str | None = None
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Report:
+    seed: int
+    faults: list[Fault] = field(default_factory=list)
+    terms: list[Term] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    documented_overlaps: list[tuple[str, str, float]] = field(default_factory=list)
+    recovery_s: float | None = None
+
+    def summary(self) -> str:
+        kinds: dict[str, int] = {}
+        for f in self.faults:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        worst = max((o for *_, o in self.documented_overlaps), default=0.0)
+        return (
+            f"seed {self.seed}: {len(self.faults)} faults {kinds}, {len(self.terms)} terms "
+            f"checked, {len(self.documented_overlaps)} documented overlaps (worst "
+            f"{worst * 1000:.0f} ms, bound {DATA_LOSS_BOUND * 1000:.0f} ms), "
+            f"{len(self.violations)} violations, recovery "
+            f"{self.recovery_s if self.recovery_s is None else round(self.recovery_s, 3)} s"
+        )
+
+
+class Chaos:
+    def __init__(self, workdir: Path, n: int = 4, seed: int = 1) -> None:
+        self.workdir = workdir
+        self.rng = random.Random(seed)
+        self.report = Report(seed)
+        self.redis = RedisServer().start()
+        self.proxies = [TcpProxy(self.redis.port) for _ in range(n)]
+        self.names = [f"d{i}" for i in range(n)]
+        self.incarnation = dict.fromkeys(self.names, 0)
+        self.daemons: dict[str, Daemon] = {}
+        self.stopped: set[str] = set()
+        for i, name in enumerate(self.names):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        name = self.names[i]
+        self.incarnation[name] += 1
+        self.daemons[name] = Daemon(
+            self.workdir, f"redis://127.0.0.1:{self.proxies[i].port}/0", name,
+            "--log-level", "debug", "--retry-interval", f"{int(RETRY * 1000)}ms",
+            ttl=f"{TTL}s",
+            log_name=f"{name}.{self.incarnation[name]}.log",
+        )  # fmt: skip
+
+    # -- faults ------------------------------------------------------------------------
+    def inject(self, duration: float) -> None:
+        """Run random faults for `duration` seconds."""
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            kind = self.rng.choice(
+                ["kill", "stop", "redis_restart", "partition", "blackhole", "latency", "none"]
+            )
+            i = self.rng.randrange(len(self.names))
+            hold = self.rng.uniform(0.2, 2.5 * TTL)
+            fault = Fault(kind, self.names[i] if kind != "redis_restart" else "redis", time.time())
+            self._apply(kind, i, hold)
+            fault.end = time.time()
+            if kind != "none":
+                self.report.faults.append(fault)
+            time.sleep(self.rng.uniform(0.1, 1.0))
+
+    def _apply(self, kind: str, i: int, hold: float) -> None:
+        name = self.names[i]
+        d = self.daemons[name]
+        if kind == "kill":
+            d.signal(signal.SIGKILL)
+            d.stop()
+            time.sleep(hold)
+            self._start(i)
+        elif kind == "stop":
+            d.signal(signal.SIGSTOP)
+            time.sleep(hold + TTL)  # beyond the lease
+            d.signal(signal.SIGCONT)
+        elif kind == "redis_restart":
+            self.redis.restart()  # no persistence: the lock and the counter are gone
+        elif kind in ("partition", "blackhole"):
+            proxy = self.proxies[i]
+            if kind == "partition":
+                proxy.partition()
+            else:
+                proxy.blackhole = True
+            time.sleep(hold)
+            proxy.heal()
+        elif kind == "latency":
+            self.proxies[i].latency = self.rng.uniform(0.05, 0.4)
+            time.sleep(hold)
+            self.proxies[i].latency = 0.0
+        else:
+            time.sleep(hold / 4)
+
+    # -- after the faults ----------------------------------------------------------------
+    def recover(self) -> None:
+        """Faults stop: measure the time until exactly one daemon leads."""
+        started = time.monotonic()
+        deadline = started + 15
+        while time.monotonic() < deadline:
+            leaders = [d for d in self.daemons.values() if d.ready() == 200]
+            if len(leaders) == 1:
+                self.report.recovery_s = time.monotonic() - started
+                return
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        for d in self.daemons.values():
+            d.stop()
+        for p in self.proxies:
+            p.close()
+        self.redis.stop()
+
+    # -- the checker ---------------------------------------------------------------------
+    def terms(self) -> list[Term]:
+        terms: list[Term] = []
+        for path in sorted(self.workdir.glob("d*.log")):
+            current: Term | None = None
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                ev = e.get("event")
+                if ev == "became_leader":
+                    current = Term(e["identity"], e["token"], e["term_started_at"],
+                                   e["valid_until"])  # fmt: skip
+                    terms.append(current)
+                elif ev == "lease_renewed" and current and e.get("token") == current.token:
+                    if e.get("valid_until"):
+                        current.end = max(current.end, e["valid_until"])
+                elif ev == "stepped_down" and current and e.get("token") == current.token:
+                    current.end = min(current.end, _ts(e))
+                    current.stepped_down = e.get("reason")
+                    current = None
+        return sorted(terms, key=lambda t: t.start)
+
+    def check(self) -> Report:
+        report = self.report
+        report.terms = self.terms()
+        restarts = [f.start for f in report.faults if f.kind == "redis_restart"]
+        for a_i, a in enumerate(report.terms):
+            for b in report.terms[a_i + 1 :]:
+                overlap = min(a.end, b.end) - max(a.start, b.start)
+                if overlap <= SLACK:
+                    continue
+                lost = any(r - SLACK <= b.start <= r + DATA_LOSS_BOUND + TTL for r in restarts)
+                if lost and overlap <= DATA_LOSS_BOUND + SLACK:
+                    report.documented_overlaps.append(
+                        (f"{a.daemon}#{a.token}", f"{b.daemon}#{b.token}", overlap)
+                    )
+                else:
+                    report.violations.append(
+                        f"overlap {overlap:.3f}s: {a.daemon} token {a.token} "
+                        f"[{a.start:.3f}, {a.end:.3f}] and {b.daemon} token {b.token} "
+                        f"[{b.start:.3f}, {b.end:.3f}]"
+                    )
+        for a, b in zip(report.terms, report.terms[1:], strict=False):
+            if b.token <= a.token:
+                report.violations.append(
+                    f"token did not increase: {a.daemon} {a.token} then {b.daemon} {b.token}"
+                )
+        if report.recovery_s is None or report.recovery_s > TTL + RETRY + 0.5:
+            report.violations.append(f"no single leader within ttl + retry: {report.recovery_s}")
+        return report
+
+    def plot(self, path: Path) -> bool:
+        """A timeline PNG: one lane per daemon, terms as bars, faults shaded."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        report = self.report
+        t0 = min([t.start for t in report.terms] + [f.start for f in report.faults] or [0])
+        fig, ax = plt.subplots(figsize=(14, 1 + 0.6 * len(self.names)))
+        lanes = {name: i for i, name in enumerate(self.names)}
+        for t in report.terms:
+            ax.barh(lanes[t.daemon], t.end - t.start, left=t.start - t0, height=0.5,
+                    color="tab:green", edgecolor="black", linewidth=0.3)  # fmt: skip
+        colors = {"kill": "red", "stop": "purple", "redis_restart": "black",
+                  "partition": "orange", "blackhole": "brown", "latency": "gold"}  # fmt: skip
+        for f in report.faults:
+            y = lanes.get(f.target)
+            if y is None:
+                ax.axvspan(f.start - t0, max(f.end, f.start + 0.05) - t0, color="black",
+                           alpha=0.25)  # fmt: skip
+            else:
+                ax.barh(y + 0.35, max(f.end - f.start, 0.05), left=f.start - t0, height=0.15,
+                        color=colors[f.kind])  # fmt: skip
+        ax.set_yticks(range(len(self.names)), self.names)
+        ax.set_xlabel("seconds")
+        ax.set_title(f"leaderd fault injection: {report.summary()}", fontsize=8)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+        ax.legend(handles, list(colors), loc="upper right", fontsize=7, ncol=6)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return True
+
+
+def run(workdir: Path, seconds: float, seed: int, n: int = 4, plot: Path | None = None) -> Report:
+    chaos = Chaos(workdir, n=n, seed=seed)
+    try:
+        for d in chaos.daemons.values():
+            d.wait_http()
+        chaos.inject(seconds)
+        chaos.recover()
+        time.sleep(0.2)
+    finally:
+        chaos.close()
+    report = chaos.check()
+    if plot is not None:
+        chaos.plot(plot)
+    return report

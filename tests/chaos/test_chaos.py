@@ -1,0 +1,19 @@
+"""Short fault-injection run (the long one is `make chaos`): no unexplained overlap of
+leadership, strictly increasing tokens, one leader soon after the faults stop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .harness import run
+
+
+def test_short_fault_injection_run(tmp_path: Path) -> None:
+    seed = int(os.environ.get("LEADERD_CHAOS_SEED", "7"))
+    seconds = float(os.environ.get("LEADERD_CHAOS_SECONDS", "25"))
+    report = run(tmp_path, seconds, seed, plot=tmp_path / "timeline.png")
+    print(report.summary())
+    assert len(report.terms) >= 2, report.summary()
+    assert report.faults, report.summary()
+    assert not report.violations, "\n".join(report.violations)
