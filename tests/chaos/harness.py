@@ -86,8 +86,7 @@ class Chaos:
         self.names = [f"d{i}" for i in range(n)]
         self.incarnation = dict.fromkeys(self.names, 0)
         self.daemons: dict[str, Daemon] = {}
-        self.stopped: set[str] = set()
-        for i, name in enumerate(self.names):
+        for i in range(n):
             self._start(i)
 
     def _start(self, i: int) -> None:
