@@ -1,0 +1,26 @@
+"""Many candidates and many elections on one Redis: exactly one leader each
+(a smaller run of bench/scale_bench.py, whose full figures are in bench/README.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from leaderd.devserver import RedisServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from scale_bench import scenario
+
+
+def test_200_candidates_in_one_election(redis_server: RedisServer) -> None:
+    res = scenario(redis_server.url, [("big", f"c{i}") for i in range(200)], 1,
+                   ttl=5.0, retry=2.0, window=2.0)  # fmt: skip
+    assert res["elections_with_one_leader"] == 1 and res["max_leaders"] == 1
+    assert res["handovers"] == 1 and res["after_handover_one_leader"] == 1
+
+
+def test_200_elections(redis_server: RedisServer) -> None:
+    spec = [(f"e{j}", f"c{j}-{k}") for j in range(200) for k in range(2)]
+    res = scenario(redis_server.url, spec, 200, ttl=5.0, retry=2.0, window=2.0)
+    assert res["elections_with_one_leader"] == 200 and res["max_leaders"] == 1
+    assert res["handovers"] == 200 and res["after_handover_one_leader"] == 200
