@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+from bench.scale_bench import scenario
 from leaderd.devserver import RedisServer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from scale_bench import scenario
 
 
 def test_200_candidates_in_one_election(redis_server: RedisServer) -> None:
