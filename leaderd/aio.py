@@ -234,6 +234,10 @@ class AsyncLockClient:
         return _core.parse_holder(value, pttl)
 
 
+async def _noop() -> None:
+    return None
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark an abandoned call's outcome as seen, so asyncio does not log it."""
     if not task.cancelled():
@@ -256,13 +260,18 @@ class _AsyncWaiter:
         loop = asyncio.get_running_loop()
         self._confirmed: asyncio.Future[bool] = loop.create_future()
         self._message: asyncio.Future[None] = loop.create_future()
-        self._reader = asyncio.ensure_future(self._read())
+        self._reader = asyncio.ensure_future(self._read() if pubsub is not None else _noop())
 
     @classmethod
     async def start(
         cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
     ) -> _AsyncWaiter:
-        self = cls(client.pubsub(ignore_subscribe_messages=False), channels)
+        make_pubsub = getattr(client, "pubsub", None)
+        if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
+            self = cls(None, channels)
+            await self.close()
+            return self
+        self = cls(make_pubsub(ignore_subscribe_messages=False), channels)
         try:
             await asyncio.wait({self._confirmed}, timeout=timeout or 1.0)
         except BaseException:

@@ -74,6 +74,9 @@ RUN_OPTIONS = [
            "db, username and password", is_list=True),
     Option("--sentinel-master", "LEADERD_SENTINEL_MASTER", None,
            "name of the Sentinel-monitored primary (required with --sentinel)"),
+    Option("--redis-cluster", "LEADERD_REDIS_CLUSTER", None,
+           "the URL names one node of a Redis Cluster (no pub/sub wake-ups there: "
+           "followers poll and wake at lease expiry)", is_switch=True),
     Option("--election", "LEADERD_ELECTION", None,
            "name of the election; the lock key is leaderd:{<election>} (required)"),
     Option("--identity", "LEADERD_IDENTITY", None,
@@ -119,6 +122,7 @@ class RunConfig:
     redis_url: str
     sentinels: list[tuple[str, int]]
     sentinel_master: str | None
+    redis_cluster: bool
     redis_password: str | None
     redis_password_file: str | None
     election: str
@@ -367,6 +371,15 @@ def build_run_config(
         return text in _TRUE
 
     exit_on_loss = switch("exit_on_loss")
+    redis_cluster = switch("redis_cluster")
+    if redis_cluster and sentinels:
+        _fail(opts["redis_cluster"], "true", "cannot be combined with --sentinel")
+    if redis_cluster and min_replicas_ack:
+        _fail(
+            opts["min_replicas_ack"],
+            str(min_replicas_ack),
+            "is not supported with --redis-cluster (WAIT must share the write's connection)",
+        )
     k8s_events = switch("k8s_events")
     k8s_label = (raw["k8s_label"] or "").strip() or None
     if k8s_label is not None:
@@ -412,6 +425,7 @@ def build_run_config(
 
     return RunConfig(
         redis_url=url, sentinels=sentinels, sentinel_master=sentinel_master,
+        redis_cluster=redis_cluster,
         redis_password=password,
         redis_password_file=raw["redis_password_file"] or None,
         election=election, identity=identity,

@@ -208,6 +208,12 @@ def redis_client(cfg: RunConfig) -> redis.asyncio.Redis:
             cfg.sentinel_master, redis_class=redis.asyncio.Redis, **options
         )
         return client
+    if cfg.redis_cluster:
+        if cfg.redis_password is not None:
+            options["password"] = cfg.redis_password
+        options.pop("health_check_interval")
+        cluster: Any = redis.asyncio.RedisCluster.from_url(cfg.redis_url, **options)
+        return cluster  # type: ignore[no-any-return]
     pool = redis.asyncio.ConnectionPool.from_url(cfg.redis_url, **options)
     if cfg.redis_password is not None:
         pool.connection_kwargs["password"] = cfg.redis_password
@@ -241,7 +247,7 @@ async def run_daemon(cfg: RunConfig) -> int:
 
     if cfg.exit_on_loss:
         elector.observers.append(LossWatcher(stop))
-    if cfg.redis_password_file:
+    if cfg.redis_password_file and not cfg.redis_cluster:
         elector.observers.append(
             PasswordReloader(cfg.redis_password_file, client.connection_pool, log)
         )

@@ -44,11 +44,16 @@ def find_redis_server() -> str:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (and < `below`:
+    a Cluster node also uses port + 10000)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < below:
+            return port
+    raise RuntimeError(f"no free port below {below}")
 
 
 class RedisServer:
@@ -68,7 +73,8 @@ class RedisServer:
         self.binary = binary or find_redis_server()
         self.config = config
         self.sentinel = sentinel
-        self.port = port or free_port()
+        cluster = "--cluster-enabled" in (extra_args or [])
+        self.port = port or free_port(below=55535 if cluster else 65536)
         self.password = password
         self.extra_args = list(extra_args or [])
         self.dir = tempfile.mkdtemp(prefix="leaderd-redis-")
