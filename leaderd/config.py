@@ -77,6 +77,12 @@ RUN_OPTIONS = [
     Option("--redis-cluster", "LEADERD_REDIS_CLUSTER", None,
            "the URL names one node of a Redis Cluster (no pub/sub wake-ups there: "
            "followers poll and wake at lease expiry)", is_switch=True),
+    Option("--redis-tls-ca", "LEADERD_REDIS_TLS_CA", None,
+           "CA bundle to verify the Redis server's certificate (rediss:// URLs)"),
+    Option("--redis-tls-cert", "LEADERD_REDIS_TLS_CERT", None,
+           "client certificate for mutual TLS (with --redis-tls-key)"),
+    Option("--redis-tls-key", "LEADERD_REDIS_TLS_KEY", None,
+           "client private key for mutual TLS (with --redis-tls-cert)"),
     Option("--election", "LEADERD_ELECTION", None,
            "name of the election; the lock key is leaderd:{<election>} (required)"),
     Option("--identity", "LEADERD_IDENTITY", None,
@@ -123,6 +129,7 @@ class RunConfig:
     sentinels: list[tuple[str, int]]
     sentinel_master: str | None
     redis_cluster: bool
+    tls: dict[str, str]
     redis_password: str | None
     redis_password_file: str | None
     election: str
@@ -262,6 +269,24 @@ def build_run_config(
         _fail(opts["redis_url"], redact_url(url), "must start with redis://, rediss:// or unix://")
     if scheme != "unix" and not urlsplit(url).hostname and not sentinels:
         _fail(opts["redis_url"], redact_url(url), "has no host, e.g. redis://redis:6379/0")
+
+    tls: dict[str, str] = {}
+    for dest, option in (("redis_tls_ca", "ssl_ca_certs"), ("redis_tls_cert", "ssl_certfile"),
+                         ("redis_tls_key", "ssl_keyfile")):  # fmt: skip
+        path = raw[dest]
+        if not path:
+            continue
+        if scheme != "rediss" and not (sentinels and url.startswith("rediss")):
+            _fail(opts[dest], path, "needs a rediss:// URL (TLS)")
+        if not os.access(path, os.R_OK) or not os.path.isfile(path):
+            _fail(opts[dest], path, "cannot be read")
+        tls[option] = path
+    if ("ssl_certfile" in tls) != ("ssl_keyfile" in tls):
+        _fail(
+            opts["redis_tls_cert"],
+            raw["redis_tls_cert"],
+            "and --redis-tls-key (env LEADERD_REDIS_TLS_KEY) go together",
+        )
 
     password = None
     if raw["redis_password_file"]:
@@ -425,7 +450,7 @@ def build_run_config(
 
     return RunConfig(
         redis_url=url, sentinels=sentinels, sentinel_master=sentinel_master,
-        redis_cluster=redis_cluster,
+        redis_cluster=redis_cluster, tls=tls,
         redis_password=password,
         redis_password_file=raw["redis_password_file"] or None,
         election=election, identity=identity,

@@ -190,6 +190,7 @@ def redis_client(cfg: RunConfig) -> redis.asyncio.Redis:
         socket_connect_timeout=min(2.0, cfg.refresh_interval), socket_keepalive=True,
         health_check_interval=0, client_name=f"leaderd:{cfg.election}:{cfg.identity}",
     )  # fmt: skip
+    options.update(cfg.tls)
     if cfg.sentinels:
         from redis.asyncio.sentinel import Sentinel
 

@@ -117,6 +117,10 @@ def test_flags_win_over_env() -> None:
         ({}, {"sentinel": ["s:26379"]}, "--sentinel-master (env LEADERD_SENTINEL_MASTER): is"),
         ({}, {"sentinel_master": "m"}, "--sentinel (env LEADERD_SENTINELS): is required"),
         ({}, {"min_replicas_ack": "-1"}, "--min-replicas-ack"),
+        ({}, {"redis_tls_ca": "/etc/hostname"}, "needs a rediss:// URL"),
+        ({}, {"redis_url": "rediss://h", "redis_tls_ca": "/nonexistent"}, "cannot be read"),
+        ({}, {"redis_url": "rediss://h", "redis_tls_cert": "/etc/hostname"}, "go together"),
+        ({}, {"redis_cluster": True, "min_replicas_ack": "1"}, "not supported with"),
     ],
 )  # fmt: skip
 def test_config_errors_name_flag_env_and_rule(
