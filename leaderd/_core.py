@@ -207,7 +207,18 @@ def parse_holder(value: object, pttl: int) -> tuple[str | None, float | None]:
 FAILOVER_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
+_FAILOVER_TYPES = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("ReadOnlyError", "TryAgainError", "ClusterDownError", "MasterDownError")
+    if hasattr(redis.exceptions, name)
+)
+
+
 def is_failover_error(exc: BaseException) -> bool:
+    """READONLY and friends, whether redis-py parsed them into a type (Redis 7) or they
+    arrive as text inside a script error (Redis 6)."""
+    if isinstance(exc, _FAILOVER_TYPES):
+        return True
     text = str(exc)
     return isinstance(exc, redis.ResponseError) and any(
         text.startswith(p) or f"-{p}" in text or f" {p} " in f" {text} " for p in FAILOVER_REPLIES

@@ -47,7 +47,7 @@ def test_readonly_replica_is_retried_until_promoted(
     d = spawn(replica.url, "pod-0")  # pointed at a replica, as after a failover
     d.wait_http()
     poll(lambda: "redis_unavailable" in events(d), 5)
-    assert "READONLY" in d.logs()
+    assert "READONLY" in d.logs() or "ReadOnlyError" in d.logs()
     assert d.ready() == 503 and d.get("/healthz")[0] == 200
     r.replicaof("NO", "ONE")  # promoted
     poll(lambda: d.ready() == 200, 10)
