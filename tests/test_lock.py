@@ -153,13 +153,18 @@ def test_timed_out_attempt_that_succeeded_is_recognised(
     client: LockClient, r: redis.Redis, redis_server: RedisServer
 ) -> None:
     blocker = redis.Redis.from_url(redis_server.url)
-    thread = threading.Thread(target=blocker.execute_command, args=("DEBUG", "SLEEP", "0.4"))
+    slept: list[object] = []
+    thread = threading.Thread(
+        target=lambda: slept.append(blocker.execute_command("DEBUG", "SLEEP", "0.4"))
+    )
     thread.start()
     time.sleep(0.05)
+    started = time.monotonic()
     lock = client.lock(
         "jobs", value="mine", expiration=5, timeout=0.1, retry=FixedIntervalStrategy(0.05, 20)
     )
     thread.join()
+    assert slept and time.monotonic() - started > 0.25  # the attempts really timed out
     # Both the timed-out attempt and its retry ran; only one acquisition happened.
     assert lock.value == "mine"
     assert int(r.get(fence_key("jobs"))) == lock.fencing_token
