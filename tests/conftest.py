@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,23 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
     yield client
     client.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start `leaderd run` processes (tests/daemons.py); all are killed after the test."""
+    from .daemons import Daemon
+
+    daemons: list[Daemon] = []
+
+    def make(*args: Any, **kw: Any) -> Daemon:
+        d = Daemon(tmp_path, *args, **kw)
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        d.stop()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -17,20 +16,6 @@ from leaderd.devserver import RedisServer
 from .daemons import Daemon, poll
 
 KEY = "leaderd:{jobs}"
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(*args: Any, **kw: Any) -> Daemon:
-        d = Daemon(tmp_path, *args, **kw)
-        daemons.append(d)
-        return d
-
-    yield make
-    for d in daemons:
-        d.stop()
 
 
 def events(d: Daemon) -> list[str]:

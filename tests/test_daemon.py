@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis
 
 from leaderd.devserver import RedisServer, free_port
@@ -18,20 +17,6 @@ from leaderd.devserver import RedisServer, free_port
 from .daemons import Daemon, leaderd_cmd, poll
 
 KEY = "leaderd:{jobs}"
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(redis_url: str, identity: str, *extra: str, **kw: object) -> Daemon:
-        d = Daemon(tmp_path, redis_url, identity, *extra, **kw)  # type: ignore[arg-type]
-        daemons.append(d)
-        return d
-
-    yield make
-    for d in daemons:
-        d.stop()
 
 
 def leaders(daemons: list[Daemon]) -> list[Daemon]:

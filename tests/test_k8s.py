@@ -26,20 +26,6 @@ def kube() -> Iterator[FakeKube]:
     fake.close()
 
 
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(*args: Any, **kw: Any) -> Daemon:
-        d = Daemon(tmp_path, *args, **kw)
-        daemons.append(d)
-        return d
-
-    yield make
-    for d in daemons:
-        d.stop()
-
-
 def kube_env(kube: FakeKube, tmp_path: Path, pod: str) -> dict[str, str]:
     return {"KUBECONFIG": str(kube.kubeconfig(tmp_path / "kubeconfig")), "POD_NAME": pod,
             "POD_NAMESPACE": "team"}  # fmt: skip

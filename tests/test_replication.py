@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -41,20 +39,6 @@ async def test_library_waits_for_replicas(redis_factory: Callable[..., RedisServ
         await two.lock("jobs", expiration=5, timeout=0.2, retry=FixedIntervalStrategy(0.01, 1))
     assert isinstance(err.value.__cause__, NotReplicatedError)
     await client.aclose()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(*args: Any, **kw: Any) -> Daemon:
-        d = Daemon(tmp_path, *args, **kw)
-        daemons.append(d)
-        return d
-
-    yield make
-    for d in daemons:
-        d.stop()
 
 
 def test_daemon_leads_only_while_replicated(
