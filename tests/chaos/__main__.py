@@ -14,11 +14,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--daemons", type=int, default=5)
+    parser.add_argument("--topology", choices=["single", "sentinel"], default="single")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="leaderd-chaos-") as tmp:
+        name = "chaos-timeline.png" if args.topology == "single" else "chaos-sentinel.png"
         report = run(Path(tmp), args.seconds, args.seed, n=args.daemons,
-                     plot=root / "bench" / "chaos-timeline.png")  # fmt: skip
+                     plot=root / "bench" / name, topology=args.topology)  # fmt: skip
     print(report.summary())
     for v in report.violations:
         print("VIOLATION:", v)

@@ -7,6 +7,7 @@ Short run: `pytest tests/chaos` (inside `make test`). Long run: `make chaos`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import random
@@ -77,11 +78,30 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, workdir: Path, n: int = 4, seed: int = 1) -> None:
+    """`topology`: "single" (one Redis, a TCP proxy per daemon, network faults) or
+    "sentinel" (primary, replica and Sentinel; Sentinel failovers as faults)."""
+
+    def __init__(self, workdir: Path, n: int = 4, seed: int = 1, topology: str = "single") -> None:
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.report = Report(seed)
+        self.topology = topology
         self.redis = RedisServer().start()
+        self.extra: list[RedisServer] = []
+        self.sentinel_args: list[str] = []
+        if topology == "sentinel":
+            replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.redis.port)])
+            sentinel = RedisServer(sentinel=True, config=(
+                f"sentinel monitor m 127.0.0.1 {self.redis.port} 1\n"
+                "sentinel down-after-milliseconds m 1000\n"
+                "sentinel failover-timeout m 2000\n"))  # fmt: skip
+            self.extra = [replica.start(), sentinel.start()]
+            self.sentinel_port = sentinel.port
+            # A write counts only once the replica has it: after a failover the old
+            # primary has no replica, so a leader stuck on it cannot refresh there.
+            self.sentinel_args = ["--sentinel", f"127.0.0.1:{sentinel.port}",
+                                  "--sentinel-master", "m", "--min-replicas-ack", "1"]  # fmt: skip
+            time.sleep(1.5)  # the Sentinel discovers the replica
         self.proxies = [TcpProxy(self.redis.port) for _ in range(n)]
         self.names = [f"d{i}" for i in range(n)]
         self.incarnation = dict.fromkeys(self.names, 0)
@@ -92,8 +112,9 @@ class Chaos:
     def _start(self, i: int) -> None:
         name = self.names[i]
         self.incarnation[name] += 1
+        url = "" if self.sentinel_args else f"redis://127.0.0.1:{self.proxies[i].port}/0"
         self.daemons[name] = Daemon(
-            self.workdir, f"redis://127.0.0.1:{self.proxies[i].port}/0", name,
+            self.workdir, url, name, *self.sentinel_args,
             "--log-level", "debug", "--retry-interval", f"{int(RETRY * 1000)}ms",
             ttl=f"{TTL}s",
             log_name=f"{name}.{self.incarnation[name]}.log",
@@ -104,12 +125,14 @@ class Chaos:
         """Run random faults for `duration` seconds."""
         end = time.monotonic() + duration
         while time.monotonic() < end:
-            kind = self.rng.choice(
-                ["kill", "stop", "redis_restart", "partition", "blackhole", "latency", "none"]
-            )
+            kinds = ["kill", "stop", "redis_restart", "partition", "blackhole", "latency", "none"]
+            if self.topology == "sentinel":
+                kinds = ["kill", "stop", "failover", "failover", "none"]
+            kind = self.rng.choice(kinds)
             i = self.rng.randrange(len(self.names))
             hold = self.rng.uniform(0.2, 2.5 * TTL)
-            fault = Fault(kind, self.names[i] if kind != "redis_restart" else "redis", time.time())
+            target = "redis" if kind in ("redis_restart", "failover") else self.names[i]
+            fault = Fault(kind, target, time.time())
             self._apply(kind, i, hold)
             fault.end = time.time()
             if kind != "none":
@@ -130,6 +153,13 @@ class Chaos:
             d.signal(signal.SIGCONT)
         elif kind == "redis_restart":
             self.redis.restart()  # no persistence: the lock and the counter are gone
+        elif kind == "failover":
+            import redis
+
+            s = redis.Redis(port=self.sentinel_port)
+            with contextlib.suppress(redis.RedisError):
+                s.execute_command("SENTINEL", "FAILOVER", "m")
+            time.sleep(hold + 1.0)  # let the switch happen before the next fault
         elif kind in ("partition", "blackhole"):
             proxy = self.proxies[i]
             if kind == "partition":
@@ -149,7 +179,7 @@ class Chaos:
     def recover(self) -> None:
         """Faults stop: measure the time until exactly one daemon leads."""
         started = time.monotonic()
-        deadline = started + 15
+        deadline = started + 30
         while time.monotonic() < deadline:
             leaders = [d for d in self.daemons.values() if d.ready() == 200]
             if len(leaders) == 1:
@@ -163,6 +193,8 @@ class Chaos:
         for p in self.proxies:
             p.close()
         self.redis.stop()
+        for server in self.extra:
+            server.stop()
 
     # -- the checker ---------------------------------------------------------------------
     def terms(self) -> list[Term]:
@@ -191,7 +223,9 @@ class Chaos:
     def check(self) -> Report:
         report = self.report
         report.terms = self.terms()
-        restarts = [f.start for f in report.faults if f.kind == "redis_restart"]
+        # Redis data loss: a restart without persistence, or a failover to a replica
+        # that may not have the last write (asynchronous replication).
+        restarts = [f.start for f in report.faults if f.kind in ("redis_restart", "failover")]
         for a_i, a in enumerate(report.terms):
             for b in report.terms[a_i + 1 :]:
                 overlap = min(a.end, b.end) - max(a.start, b.start)
@@ -213,8 +247,10 @@ class Chaos:
                 report.violations.append(
                     f"token did not increase: {a.daemon} {a.token} then {b.daemon} {b.token}"
                 )
-        if report.recovery_s is None or report.recovery_s > TTL + RETRY + 0.5:
-            report.violations.append(f"no single leader within ttl + retry: {report.recovery_s}")
+        # After a Sentinel failover the old primary must resync before WAIT can succeed.
+        bound = TTL + RETRY + 0.5 + (15.0 if self.topology == "sentinel" else 0.0)
+        if report.recovery_s is None or report.recovery_s > bound:
+            report.violations.append(f"no single leader within {bound:.1f}s: {report.recovery_s}")
         return report
 
     def plot(self, path: Path) -> bool:
@@ -233,7 +269,7 @@ class Chaos:
         for t in report.terms:
             ax.barh(lanes[t.daemon], t.end - t.start, left=t.start - t0, height=0.5,
                     color="tab:green", edgecolor="black", linewidth=0.3)  # fmt: skip
-        colors = {"kill": "red", "stop": "purple", "redis_restart": "black",
+        colors = {"kill": "red", "stop": "purple", "redis_restart": "black", "failover": "blue",
                   "partition": "orange", "blackhole": "brown", "latency": "gold"}  # fmt: skip
         for f in report.faults:
             y = lanes.get(f.target)
@@ -254,8 +290,15 @@ class Chaos:
         return True
 
 
-def run(workdir: Path, seconds: float, seed: int, n: int = 4, plot: Path | None = None) -> Report:
-    chaos = Chaos(workdir, n=n, seed=seed)
+def run(
+    workdir: Path,
+    seconds: float,
+    seed: int,
+    n: int = 4,
+    plot: Path | None = None,
+    topology: str = "single",
+) -> Report:
+    chaos = Chaos(workdir, n=n, seed=seed, topology=topology)
     try:
         for d in chaos.daemons.values():
             d.wait_http()

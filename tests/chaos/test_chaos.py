@@ -17,3 +17,12 @@ def test_short_fault_injection_run(tmp_path: Path) -> None:
     assert len(report.terms) >= 2, report.summary()
     assert report.faults, report.summary()
     assert not report.violations, "\n".join(report.violations)
+
+
+def test_short_fault_injection_run_with_sentinel_failovers(tmp_path: Path) -> None:
+    seed = int(os.environ.get("LEADERD_CHAOS_SEED", "7"))
+    report = run(tmp_path, 20, seed, n=3, topology="sentinel")
+    print(report.summary())
+    assert any(f.kind == "failover" for f in report.faults), report.summary()
+    assert report.terms, report.summary()
+    assert not report.violations, "\n".join(report.violations)
