@@ -312,6 +312,12 @@ async def run_daemon(cfg: RunConfig) -> int:
         http=f"{cfg.http_host}:{cfg.http_port}" if cfg.http_host is not None else None,
         status_file=cfg.status_file, exec=cfg.command[0] if cfg.command else None,
     )  # fmt: skip
+    if cfg.sentinels and not cfg.min_replicas_ack:
+        log.warning(
+            "sentinel_without_replica_ack",
+            hint="a Sentinel failover can leave two leaders for seconds; "
+            "set --min-replicas-ack 1 (see README, Safety)",
+        )
     try:
         await elector.run(child if child is not None else _lead_until_cancelled)
         exit_code = child.exit_code if child is not None and child.exit_code is not None else 0
