@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["lock_bench.py", "--rounds", "5"], ["daemon_bench.py"]]
+BENCHES = [["lock_bench.py", "--rounds", "5"], ["daemon_bench.py"], ["scale_bench.py"]]
 
 if __name__ == "__main__":
     for bench in BENCHES:
