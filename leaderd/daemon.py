@@ -37,9 +37,10 @@ def _error_text(exc: BaseException | None) -> str:
 class LogObserver(ElectionObserver):
     """Structured logs of transitions, and of Redis trouble once per change of state."""
 
-    def __init__(self, log: Any, elector: Elector) -> None:
+    def __init__(self, log: Any, elector: Elector, debug: bool = False) -> None:
         self.log = log
         self.elector = elector
+        self.debug = debug
         self.redis_down = False
         self.refresh_failures = 0
         self.follower_since = time.monotonic()
@@ -53,9 +54,9 @@ class LogObserver(ElectionObserver):
             self.log.info("redis_available")
 
     def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
-        if outcome == "ok":
+        if outcome == "ok" and self.debug:
             term = self.elector.term
-            if term is not None:  # debug: the fault-injection checker rebuilds terms from it
+            if term is not None:  # the fault-injection checker rebuilds terms from it
                 self.log.debug("lease_renewed", token=term.fencing_token,
                                valid_until=self.elector.status()["valid_until"])  # fmt: skip
         if outcome == "error":
@@ -231,7 +232,7 @@ async def run_daemon(cfg: RunConfig) -> int:
         refresh_interval=cfg.refresh_interval, renew_deadline=cfg.renew_deadline, retry=cfg.retry,
     )  # fmt: skip
     metrics = Metrics(elector)
-    elector.observers += [metrics, LogObserver(log, elector)]
+    elector.observers += [metrics, LogObserver(log, elector, debug=cfg.log_level == "debug")]
     main = asyncio.current_task()
     assert main is not None
     exit_code = EXIT_OK
