@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint format bench demo image chaos clean
+.PHONY: all install test test-compat lint format bench demo image chaos clean
 
 all: test
 
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,k8s,chart]'
+	$(BIN)/python -m pip install --quiet --upgrade redis  # `make test` runs on the latest
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,22 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The library and elector tests against each redis-py that matters: the oldest we
+# support, the last 7.x, and the newest 8.x (each in its own .venv-redis-<version>).
+COMPAT_REDIS ?= 5.3.1 7.4.1 8
+COMPAT_TESTS := tests/test_lock.py tests/test_async_lock.py tests/test_elector.py \
+	tests/test_urls.py tests/test_redispy_api.py tests/test_replication.py
+test-compat:
+	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
+	@set -e; for v in $(COMPAT_REDIS); do \
+	  venv=.venv-redis-$$v; spec="redis==$$v"; \
+	  case $$v in *.*) ;; *) spec="redis>=$$v,<$$(($$v + 1))";; esac; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	  $$venv/bin/python -m pip install --quiet -e '.[test]' "$$spec"; \
+	  echo "== redis-py $$($$venv/bin/python -c 'import redis; print(redis.__version__)')"; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS); \
+	done
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
@@ -46,4 +63,4 @@ image:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-redis-* .pytest_cache .mypy_cache .ruff_cache build *.egg-info

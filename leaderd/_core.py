@@ -105,23 +105,6 @@ def helper_keys(key: str) -> list[str]:
     return [prefix + ":waiters", prefix + ":waiters:exp", prefix + ":next"]
 
 
-def _bulk(part: str) -> bytes:
-    data = part.encode("utf-8")
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-@functools.lru_cache(maxsize=4096)
-def _packed_head(sha: str, keys: tuple[str, ...]) -> bytes:
-    return b"".join(_bulk(p) for p in ("EVALSHA", sha, str(len(keys)), *keys))
-
-
-def pack_evalsha(script: Script, keys: list[str], args: list[str]) -> bytes:
-    """The RESP bytes of EVALSHA; the constant head per (script, keys) is cached."""
-    head = _packed_head(script.sha, tuple(keys))
-    count = 3 + len(keys) + len(args)
-    return b"*%d\r\n%s%s" % (count, head, b"".join(_bulk(a) for a in args))
-
-
 def release_channel(key: str) -> str:
     return RELEASE_CHANNEL_PREFIX + key
 

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from . import _core
+from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import (
     FailedToPreemptLockError,
@@ -110,20 +110,8 @@ class AsyncLockClient:
         commands: list[tuple[Any, ...]] = [(verb, body, len(keys), *keys, *args)]
         if wait_ms:
             commands.append(("WAIT", self.min_replicas, wait_ms))
-        packed = conn.pack_commands(commands)
-        try:
-            await conn.send_packed_command(packed)
-        except redis.ConnectionError:
-            # A pooled socket that died while idle: the commands were not sent.
-            await conn.disconnect()
-            await conn.send_packed_command(packed)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
+        await _wire.asend(conn, commands)
+        return await _wire.aread_all(conn, len(commands))
 
     async def _acquire(
         self,

@@ -15,15 +15,16 @@ import redis
 
 from ._version import __version__
 from .config import (
+    CONNECTION_OPTIONS,
     ConfigError,
     Option,
     add_run_options,
     build_run_config,
     join_negative_values,
     new_parser,
-    redact_url,
 )
-from .election import election_key, holder_identity
+from .connection import redact_url, sync_client
+from .election import election_key, parse_holder
 
 
 def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -48,22 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="exit 0 iff a status file says this instance leads now")
     check.add_argument("--status-file", required=True, metavar="FILE")
     status = sub.add_parser("status", help="show the current leader of an election from Redis")
-    status.add_argument("--redis-url", metavar="URL")
-    status.add_argument("--redis-password-file", metavar="FILE")
-    status.add_argument("--election", metavar="NAME")
+    add_run_options(status, only=CONNECTION_OPTIONS | {"election"})
     status.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
 def _status(args: argparse.Namespace) -> int:
-    ns = argparse.Namespace(
-        redis_url=args.redis_url, redis_password_file=args.redis_password_file,
-        election=args.election, http_addr="", identity="leaderd-status",
-    )  # fmt: skip
+    ns = argparse.Namespace(**vars(args), http_addr="", identity="leaderd-status")
     cfg = build_run_config(ns, [])
-    client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2, socket_timeout=2)
-    if cfg.redis_password is not None:
-        client.connection_pool.connection_kwargs["password"] = cfg.redis_password
+    target = cfg.redis_target("leaderd-status")
+    target.socket_timeout = 2.0
+    client = sync_client(target)
     key = election_key(cfg.election)
     try:
         pipe = client.pipeline(transaction=False)
@@ -72,23 +68,19 @@ def _status(args: argparse.Namespace) -> int:
         raw, pttl = pipe.execute()
     except redis.RedisError as exc:
         raise ConfigError(f"cannot read {key} from {redact_url(cfg.redis_url)}: {exc}") from exc
-    value = raw.decode("utf-8", "replace") if raw is not None else None
-    token = None
-    if value is not None:
-        try:
-            token = json.loads(value).get("token")
-        except (ValueError, AttributeError):
-            token = None
+    holder = parse_holder(raw.decode("utf-8", "replace")) if raw is not None else None
+    token = holder.token if holder is not None else None
     info = {
         "election": cfg.election,
         "key": key,
-        "leader": holder_identity(value),
+        "leader": holder.identity if holder is not None else None,
+        "foreign_holder": holder.foreign if holder is not None else None,
         "fencing_token": token,
         "ttl_seconds": round(pttl / 1000, 3) if raw is not None and pttl >= 0 else None,
     }
     if args.json:
         print(json.dumps(info))
-    elif value is None:
+    elif holder is None:
         print(f"election {cfg.election}: no leader")
     else:
         print(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from .connection import PasswordFile, RedisTarget, URLError, check_url, redact_url
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
 
@@ -130,7 +131,6 @@ class RunConfig:
     sentinel_master: str | None
     redis_cluster: bool
     tls: dict[str, str]
-    redis_password: str | None
     redis_password_file: str | None
     election: str
     identity: str
@@ -157,14 +157,14 @@ class RunConfig:
         """The Redis URL with any password replaced, for logs."""
         return redact_url(self.redis_url)
 
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    def redis_target(self, client_name: str | None = None) -> RedisTarget:
+        """Where and how to connect to Redis, for `leaderd.connection`."""
+        return RedisTarget(
+            url=self.redis_url, password_file=self.redis_password_file, tls=dict(self.tls),
+            sentinels=list(self.sentinels), sentinel_master=self.sentinel_master,
+            cluster=self.redis_cluster, connect_timeout=min(2.0, self.refresh_interval),
+            client_name=client_name,
+        )  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,8 +191,17 @@ def join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+#: The options that say how to reach Redis; `status` (and other clients) take them too.
+CONNECTION_OPTIONS = frozenset({
+    "redis_url", "redis_password_file", "sentinel", "sentinel_master", "redis_cluster",
+    "redis_tls_ca", "redis_tls_cert", "redis_tls_key",
+})  # fmt: skip
+
+
+def add_run_options(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
     for opt in RUN_OPTIONS:
+        if only is not None and opt.dest not in only:
+            continue
         default = f" [default: {opt.default}]" if opt.default is not None else ""
         text = f"{opt.help}{default} (env {opt.env})"
         if opt.is_list:
@@ -264,11 +273,12 @@ def build_run_config(
         url = "redis://"  # db, user and password defaults; the host comes from Sentinel
     if not url:
         _fail(opts["redis_url"], None, "is required, e.g. redis://redis:6379/0")
+    try:
+        check_url(url, host_required=not sentinels)
+    except URLError as exc:
+        opt = opts["redis_url"]
+        raise ConfigError(f"{opt.flag} (env {opt.env}): {exc}") from None
     scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        _fail(opts["redis_url"], redact_url(url), "must start with redis://, rediss:// or unix://")
-    if scheme != "unix" and not urlsplit(url).hostname and not sentinels:
-        _fail(opts["redis_url"], redact_url(url), "has no host, e.g. redis://redis:6379/0")
 
     tls: dict[str, str] = {}
     for dest, option in (("redis_tls_ca", "ssl_ca_certs"), ("redis_tls_cert", "ssl_certfile"),
@@ -288,16 +298,14 @@ def build_run_config(
             "and --redis-tls-key (env LEADERD_REDIS_TLS_KEY) go together",
         )
 
-    password = None
     if raw["redis_password_file"]:
         path = raw["redis_password_file"]
         try:
-            with open(path, encoding="utf-8") as fh:
-                password = fh.read().rstrip("\r\n")
+            PasswordFile(path).read()  # read again at every connect; checked once here
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             _fail(opts["redis_password_file"], path, f"cannot be read ({reason})")
-        if not password:
+        except ValueError:
             _fail(opts["redis_password_file"], path, "is empty")
 
     election = raw["election"] or ""
@@ -451,7 +459,6 @@ def build_run_config(
     return RunConfig(
         redis_url=url, sentinels=sentinels, sentinel_master=sentinel_master,
         redis_cluster=redis_cluster, tls=tls,
-        redis_password=password,
         redis_password_file=raw["redis_password_file"] or None,
         election=election, identity=identity,
         ttl=ttl, refresh_interval=refresh, renew_deadline=renew, retry=retry,

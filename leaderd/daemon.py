@@ -8,16 +8,15 @@ down and releases the lock before the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from .aio import AsyncLockClient
 from .child import ChildRunner
 from .config import RunConfig
+from .connection import async_client, is_auth_error
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import make_app, start_server
@@ -136,41 +135,44 @@ class StatusFileWriter(ElectionObserver):
         await self._write()
 
 
-class PasswordReloader(ElectionObserver):
-    """Re-reads the password file when Redis refuses the password (rotation).
+class CredentialReset(ElectionObserver):
+    """When Redis refuses our credentials, drop every pooled connection.
 
-    New connections use the new password; connections that are already
-    authenticated keep working, as Redis does not drop them on a password change.
+    The password file is read by a credential provider at every connect, so the
+    reconnects use the rotated password; logged once per change of state.
     """
 
-    def __init__(self, path: str, pool: Any, log: Any) -> None:
+    def __init__(self, path: str, client: Any, log: Any) -> None:
         self.path = path
-        self.pool = pool
+        self.client = client
         self.log = log
+        self.refused = False
+        self._reset: asyncio.Task[None] | None = None
 
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
-        self._maybe_reload(error)
+        self._check(outcome, error)
 
     def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
-        self._maybe_reload(error)
+        self._check(outcome, error)
 
-    def _maybe_reload(self, error: Exception | None) -> None:
-        if error is None:
+    def _check(self, outcome: str, error: Exception | None) -> None:
+        if not is_auth_error(error):
+            if outcome != "error" and self.refused:
+                self.refused = False
+                self.log.info("redis_auth_recovered", path=self.path)
             return
-        text = str(error)
-        if not (isinstance(error, redis.AuthenticationError) or "WRONGPASS" in text
-                or "NOAUTH" in text or "invalid password" in text):  # fmt: skip
-            return
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                password = fh.read().rstrip("\r\n")
-        except OSError as exc:
-            self.log.warning("password_file_unreadable", path=self.path,
-                             error=exc.strerror or str(exc))  # fmt: skip
-            return
-        if password and password != self.pool.connection_kwargs.get("password"):
-            self.pool.connection_kwargs["password"] = password
-            self.log.info("password_reloaded", path=self.path)
+        if not self.refused:
+            self.refused = True
+            hint = "reconnecting with the password file's current content"
+            self.log.warning("redis_auth_refused", path=self.path, hint=hint)
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None and (self._reset is None or self._reset.done()):
+            self._reset = asyncio.ensure_future(_disconnect(pool))
+
+
+async def _disconnect(pool: Any) -> None:
+    with contextlib.suppress(Exception):
+        await pool.disconnect()
 
 
 class LossWatcher(ElectionObserver):
@@ -184,48 +186,10 @@ class LossWatcher(ElectionObserver):
             self.stop(EXIT_LOST)
 
 
-def redis_client(cfg: RunConfig) -> redis.asyncio.Redis:
-    """An asyncio Redis client (through Sentinel if configured); the password file,
-    if any, wins over the URL's password."""
-    options: dict[str, Any] = dict(
-        socket_connect_timeout=min(2.0, cfg.refresh_interval), socket_keepalive=True,
-        health_check_interval=0, client_name=f"leaderd:{cfg.election}:{cfg.identity}",
-    )  # fmt: skip
-    options.update(cfg.tls)
-    if cfg.sentinels:
-        from redis.asyncio.sentinel import Sentinel
-
-        from_url: dict[str, Any] = dict(redis.asyncio.connection.parse_url(cfg.redis_url))
-        for key in ("db", "username", "password"):
-            if key in from_url:
-                options[key] = from_url[key]
-        if cfg.redis_password is not None:
-            options["password"] = cfg.redis_password
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            cfg.sentinels,
-            sentinel_kwargs={"socket_connect_timeout": options["socket_connect_timeout"]},
-        )
-        assert cfg.sentinel_master is not None
-        client: redis.asyncio.Redis = sentinel.master_for(
-            cfg.sentinel_master, redis_class=redis.asyncio.Redis, **options
-        )
-        return client
-    if cfg.redis_cluster:
-        if cfg.redis_password is not None:
-            options["password"] = cfg.redis_password
-        options.pop("health_check_interval")
-        cluster: Any = redis.asyncio.RedisCluster.from_url(cfg.redis_url, **options)
-        return cluster  # type: ignore[no-any-return]
-    pool = redis.asyncio.ConnectionPool.from_url(cfg.redis_url, **options)
-    if cfg.redis_password is not None:
-        pool.connection_kwargs["password"] = cfg.redis_password
-    return redis.asyncio.Redis(connection_pool=pool)
-
-
 async def run_daemon(cfg: RunConfig) -> int:
     """Run until a signal, a loss with --exit-on-loss, a spent strategy or the child's exit."""
     log = get_logger(election=cfg.election, identity=cfg.identity)
-    client = redis_client(cfg)
+    client = async_client(cfg.redis_target(f"leaderd:{cfg.election}:{cfg.identity}"))
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.min_replicas_ack), cfg.election, cfg.identity,
         ttl=cfg.ttl,
@@ -249,10 +213,8 @@ async def run_daemon(cfg: RunConfig) -> int:
 
     if cfg.exit_on_loss:
         elector.observers.append(LossWatcher(stop))
-    if cfg.redis_password_file and not cfg.redis_cluster:
-        elector.observers.append(
-            PasswordReloader(cfg.redis_password_file, client.connection_pool, log)
-        )
+    if cfg.redis_password_file:
+        elector.observers.append(CredentialReset(cfg.redis_password_file, client, log))
     writer = StatusFileWriter(cfg.status_file, elector, log) if cfg.status_file else None
     if writer is not None:
         elector.observers.append(writer)
@@ -308,8 +270,8 @@ async def run_daemon(cfg: RunConfig) -> int:
     log.info(
         "starting", redis=cfg.redacted_url(),
         sentinels=[f"{h}:{p}" for h, p in cfg.sentinels] or None, master=cfg.sentinel_master,
-        ttl=cfg.ttl, refresh_interval=cfg.refresh_interval,
-        renew_deadline=cfg.renew_deadline, retry=cfg.retry_name,
+        ttl=round(cfg.ttl, 3), refresh_interval=round(cfg.refresh_interval, 3),
+        renew_deadline=round(cfg.renew_deadline, 3), retry=cfg.retry_name,
         http=f"{cfg.http_host}:{cfg.http_port}" if cfg.http_host is not None else None,
         status_file=cfg.status_file, exec=cfg.command[0] if cfg.command else None,
     )  # fmt: skip

@@ -109,16 +109,57 @@ def election_key(election: str) -> str:
     return f"leaderd:{{{election}}}"
 
 
+#: Holder values longer than this are not parsed: an elector writes ~100 bytes.
+MAX_HOLDER_BYTES = 4096
+#: Identities are shown (status, logs, `leaderd status`) cut to this many characters.
+MAX_SHOWN = 253
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What a lock value says about its holder. `foreign` if no elector wrote it."""
+
+    identity: str
+    token: int | None
+    foreign: bool
+
+
+def parse_holder(value: str) -> Holder:
+    """Parse a lock value defensively: bounded size, flat JSON only, never raises.
+
+    Anyone who can write the key controls this text; anything that is not an
+    elector's own small JSON object is a foreign holder, shown escaped and truncated.
+    """
+    data: Any = None
+    if len(value) <= MAX_HOLDER_BYTES and value.startswith("{"):
+        try:
+            data = json.loads(value)
+        except (ValueError, RecursionError):
+            data = None
+    if isinstance(data, dict):
+        identity, token = data.get("identity"), data.get("token")
+        if isinstance(identity, str) and identity:
+            ok_token = isinstance(token, int) and not isinstance(token, bool) and token > 0
+            return Holder(display(identity), token if ok_token else None, False)
+    return Holder(display(value), None, True)
+
+
 def holder_identity(value: str | None) -> str | None:
-    """The identity inside a lock value written by an elector (else the raw value)."""
-    if value is None:
-        return None
-    try:
-        data = json.loads(value)
-    except ValueError:
-        return value
-    identity = data.get("identity") if isinstance(data, dict) else None
-    return identity if isinstance(identity, str) else value
+    """The identity inside a lock value written by an elector (else the value, shown
+    safely); None if nobody holds the lock."""
+    return None if value is None else parse_holder(value).identity
+
+
+def display(text: str, limit: int = MAX_SHOWN) -> str:
+    """`text` safe for a terminal or a log line: control characters escaped, cut to
+    `limit` characters (an ellipsis marks the cut)."""
+    cut = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+        )[:limit]
+    return text + "…" if cut else text
 
 
 def _retry_bound(retry: RetryStrategy) -> float:

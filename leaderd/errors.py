@@ -9,6 +9,12 @@ from __future__ import annotations
 import redis
 
 
+def _shown(value: str) -> str:
+    """A holder value in an error message: repr'd (control characters escaped), and
+    cut short, since anyone who can write the key chooses it."""
+    return repr(value[:200]) + ("…" if len(value) > 200 else "")
+
+
 class LockError(Exception):
     """Base class of every error raised by leaderd's lock library."""
 
@@ -21,7 +27,7 @@ class FailedToPreemptLockError(LockError):
         self.holder = holder
         self.ttl = ttl
         ttl_text = f", expires in {ttl:.3f}s" if ttl is not None and ttl >= 0 else ""
-        who = f"held by {holder!r}" if holder is not None else "reserved for a waiting client"
+        who = f"held by {_shown(holder)}" if holder is not None else "reserved for a waiting client"
         super().__init__(f"lock {key!r} is {who}{ttl_text}")
 
 
@@ -60,7 +66,7 @@ class MaxRetryError(LockError):
         if redis_failed:
             who = "Redis did not answer"
         elif holder is not None:
-            who = f"held by {holder!r}"
+            who = f"held by {_shown(holder)}"
         else:
             who = "handed over to a client that was waiting longer"
         super().__init__(f"gave up on lock {key!r} after {attempts} attempts ({who})")

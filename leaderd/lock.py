@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from . import _core
+from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, RetryStrategy
@@ -38,19 +38,22 @@ class LockClient:
         self._pid = os.getpid()
 
     # -- I/O -------------------------------------------------------------------------
-    def _checkout(self) -> Any:
+    def _checkout(self, timeout: float | None) -> Any:
+        """An idle connection of ours, or a new one that connects within `timeout`."""
         with self._mutex:
             if self._pid != os.getpid():  # forked: never share a parent's sockets
                 self._idle.clear()
                 self._pid = os.getpid()
-            if self._idle:
-                return self._idle.pop()
-        pool = self.redis.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
+            while self._idle:
+                conn = self._idle.pop()
+                if not _wire.is_stale(conn):
+                    return conn
+                conn.disconnect()
+        conn = _wire.new_connection(self.redis.connection_pool, timeout)
+        conn.connect()
+        return conn
 
     def _checkin(self, conn: Any) -> None:
-        if getattr(conn, "_sock", None) is None:
-            return
         with self._mutex:
             if self._pid == os.getpid() and len(self._idle) < 32:
                 self._idle.append(conn)
@@ -68,52 +71,28 @@ class LockClient:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
             return self._eval_client(script, keys, args)
-        conn = self._checkout()
+        conn = self._checkout(timeout)
+        reusable = False
         try:
-            if getattr(conn, "_sock", None) is not None and _is_stale(conn):
-                conn.disconnect()
-            if getattr(conn, "_sock", None) is None:
-                if timeout is None:
-                    conn.connect()
-                else:
-                    _connect_within(conn, timeout)
-            packed = _core.pack_evalsha(script, keys, args)
+            _wire.send(conn, conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
             try:
-                conn.send_packed_command([packed], check_health=False)
-            except redis.ConnectionError:
-                # A socket that died while idle (e.g. Redis restarted): the command
-                # was not sent, so one resend on a fresh socket is safe.
-                conn.disconnect()
-                conn.connect()
-                conn.send_packed_command([packed], check_health=False)
-            try:
-                return self._read(conn, timeout)
+                reply = _wire.read(conn, timeout)
             except redis.ResponseError as exc:
                 if not _core.is_noscript(exc):
+                    reusable = True
                     raise
-            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
-            return self._read(conn, timeout)
-        except BaseException as exc:
-            if not isinstance(exc, redis.ResponseError):
-                conn.disconnect()
+                _wire.send(conn, conn.pack_command("EVAL", script.source, len(keys), *keys, *args))
+                reply = _wire.read(conn, timeout)
+            reusable = True
+            return reply
+        except redis.ResponseError:
+            reusable = True  # an error reply leaves the connection in sync
             raise
         finally:
-            self._checkin(conn)
-
-    @staticmethod
-    def _read(conn: Any, timeout: float | None) -> Any:
-        """Read one reply, waiting at most `timeout` for the socket (any redis-py >= 5.3)."""
-        sock: Any = getattr(conn, "_sock", None)
-        if timeout is None or sock is None:
-            return conn.read_response()
-        saved = sock.gettimeout()
-        sock.settimeout(timeout)
-        try:
-            return conn.read_response()
-        finally:
-            unchanged = getattr(conn, "_sock", None) is sock  # not dropped on error
-            if unchanged:
-                sock.settimeout(saved)
+            if reusable:
+                self._checkin(conn)
+            else:  # timed out, cancelled or broken: a reply may still be on its way
+                conn.disconnect()
 
     def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
         try:
@@ -230,39 +209,6 @@ class LockClient:
         pipe.pttl(key)
         value, pttl = pipe.execute()
         return _core.parse_holder(value, pttl)
-
-
-def _is_stale(conn: Any) -> bool:
-    """An idle socket with something to read was closed (or desynced) by the server."""
-    try:
-        return bool(conn.can_read(timeout=0))
-    except (redis.ConnectionError, OSError):
-        return True
-
-
-def _connect_within(conn: Any, timeout: float) -> None:
-    """Open `conn` (socket and handshake) within `timeout`, without redis-py's retries.
-
-    redis-py bounds connecting only by the client's own timeouts and retries it;
-    a lock attempt must not outlive its `timeout`, even against a frozen server.
-    """
-    saved = conn.socket_timeout, conn.socket_connect_timeout
-    conn.socket_timeout = min(timeout, saved[0] or timeout)
-    conn.socket_connect_timeout = min(timeout, saved[1] or timeout)
-    try:
-        connect = getattr(conn, "connect_check_health", None)
-        if connect is not None:
-            connect(check_health=True, retry_socket_connect=False)
-        else:
-            conn.connect()
-    finally:
-        conn.socket_timeout, conn.socket_connect_timeout = saved
-        sock = getattr(conn, "_sock", None)
-        if sock is not None:
-            sock.settimeout(saved[0])
-        buffer = getattr(getattr(conn, "_parser", None), "_buffer", None)
-        if buffer is not None and hasattr(buffer, "socket_timeout"):
-            buffer.socket_timeout = saved[0]
 
 
 class _Waiter:

@@ -53,26 +53,46 @@ def test_a_key_of_the_wrong_type_is_reported_not_fatal(
     assert events(d).count("redis_unavailable") == 1
 
 
+def _refresh_ok(d: Daemon) -> float:
+    for line in d.get("/metrics")[1].splitlines():
+        if line.startswith("leaderd_refresh_total{") and 'result="ok"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_password_rotation(
     redis_factory: Callable[..., RedisServer], spawn: Callable[..., Daemon], tmp_path: Path
 ) -> None:
+    """Redis's password changes first and every connection is cut; the Secret (file)
+    follows. Both candidates recover on the new password: after a crash failover the
+    new leader keeps refreshing on it."""
     old, new = "first-Secret-1", "second-Secret-2"
     server = redis_factory(password=old)
     pw = tmp_path / "pw"
     pw.write_text(old)
-    d = spawn(server.url, "pod-0", "--redis-password-file", str(pw))
-    d.wait_http()
-    poll(lambda: d.ready() == 200, 5)
-    r = redis.Redis.from_url(server.url, password=old)
-    pw.write_text(new)  # the Secret is updated, then Redis
-    r.config_set("requirepass", new)
-    r = redis.Redis.from_url(server.url, password=new)
-    r.client_kill_filter(_type="normal", skipme=True)  # force reconnects
-    r.client_kill_filter(_type="pubsub")
-    poll(lambda: "password_reloaded" in events(d), 10)
-    poll(lambda: d.ready() == 200 and d.status()["role"] == "leader", 10)
-    for secret in (old, new):
-        assert secret not in d.logs()
+    ds = [spawn(server.url, f"pod-{i}", "--redis-password-file", str(pw)) for i in range(2)]
+    for d in ds:
+        d.wait_http()
+    poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
+    admin = redis.Redis.from_url(server.url, password=old)
+    admin.config_set("requirepass", new)
+    admin = redis.Redis.from_url(server.url, password=new)
+    admin.client_kill_filter(_type="normal", skipme=True)  # every old connection is gone
+    admin.client_kill_filter(_type="pubsub")
+    poll(lambda: all("redis_auth_refused" in events(d) for d in ds), 10)
+    pw.write_text(new)  # the kubelet updates the mounted Secret a little later
+    poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
+    leader = next(d for d in ds if d.ready() == 200)
+    survivor = next(d for d in ds if d is not leader)
+    leader.signal(signal.SIGKILL)  # crash failover: the survivor must connect anew
+    poll(lambda: survivor.ready() == 200, 10)
+    base = _refresh_ok(survivor)
+    poll(lambda: _refresh_ok(survivor) >= base + 3, 10)  # refreshes on the new password
+    assert survivor.ready() == 200 and survivor.get("/healthz")[0] == 200
+    assert "redis_auth_recovered" in events(survivor)
+    for d in ds:
+        for secret in (old, new):
+            assert secret not in d.logs()
 
 
 def test_status_file_directory_vanishing_is_logged_once(

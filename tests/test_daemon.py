@@ -72,6 +72,17 @@ def test_one_leader_among_three_and_all_agree(
     assert 'leaderd_build_info{election="jobs",version=' in metrics
     assert "leaderd_refresh_duration_seconds_bucket" in metrics
     assert 'leaderd_is_leader{election="jobs"} 0.0' in follower.get("/metrics")[1]
+    # Durations in logs and status are rounded to the millisecond (0.333, not 0.333333...).
+    for d in ds:
+        for event in d.events():
+            for name, value in event.items():
+                if isinstance(value, float):
+                    assert round(value, 3) == value, (event["event"], name, value)
+        starting = next(e for e in d.events() if e["event"] == "starting")
+        assert starting["refresh_interval"] == 0.333 and starting["renew_deadline"] == 0.667
+        for name, value in d.status().items():
+            if isinstance(value, float):
+                assert round(value, 3) == value, (name, value)
 
 
 def test_graceful_handover_is_fast_and_exits_zero(

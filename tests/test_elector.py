@@ -298,7 +298,10 @@ async def test_one_leader_among_three_and_everyone_learns_who(
     await until(lambda: sum(e.is_leader() for e in electors) == 1)
     leader = next(e for e in electors if e.is_leader())
     await until(lambda: all(s and s[-1] == leader.identity for s in seen.values()), 5)
-    assert sum(lead.running for lead in leads) == 1
+    # `lead` starts in its own task right after the term does: wait for it, then
+    # check that exactly one is running.
+    await until(lambda: sum(lead.running for lead in leads) >= 1)
+    assert sum(lead.running for lead in leads) == 1 and leads[electors.index(leader)].running
     # Cancelling the leader releases at once; the longest waiter takes over.
     tasks[electors.index(leader)].cancel()
     await until(lambda: sum(e.is_leader() for e in electors) == 1, 2)

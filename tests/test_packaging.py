@@ -143,7 +143,7 @@ def test_secret_is_mounted_as_a_file_and_monitoring_objects_render() -> None:
     assert not any("password" in str(e.get("value", "")).lower() and
                    e["name"] != "LEADERD_REDIS_PASSWORD_FILE" for e in c["env"])  # fmt: skip
     kinds = {d["kind"] for d in docs}
-    assert {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"} <= kinds
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds
     sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "leaderd-http"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
@@ -155,6 +155,69 @@ def test_label_mode_service_selects_the_leader_label() -> None:
         d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "demo-leaderd"
     )
     assert svc["spec"]["selector"]["leaderd.io/leader"] == "true"
+
+
+def _desired_healthy(pdb: dict[str, Any], expected: int) -> int:
+    """As pkg/controller/disruption does: maxUnavailable against the scale's replicas
+    (a percentage rounds up), minAvailable as given (a percentage of pods, rounded up)."""
+    spec = pdb["spec"]
+
+    def scaled(value: int | str) -> int:
+        if isinstance(value, str) and value.endswith("%"):
+            return -(-int(value[:-1]) * expected // 100)
+        return int(value)
+
+    if "maxUnavailable" in spec:
+        return max(0, expected - scaled(spec["maxUnavailable"]))
+    return scaled(spec["minAvailable"])
+
+
+def may_evict(pdbs: list[dict[str, Any]], replicas: int, ready: int, pod_ready: bool) -> bool:
+    """Would the eviction API let one pod go? (No matching budget: yes. A not-Ready pod
+    with unhealthyPodEvictionPolicy AlwaysAllow: yes. Else disruptionsAllowed > 0.)"""
+    for pdb in pdbs:
+        desired = _desired_healthy(pdb, replicas)
+        policy = pdb["spec"].get("unhealthyPodEvictionPolicy", "IfHealthyBudget")
+        if not pod_ready and (policy == "AlwaysAllow" or ready >= desired):
+            continue
+        if max(0, ready - desired) <= 0:
+            return False
+    return True
+
+
+def _kustomize_overlay(overlay: str) -> list[dict[str, Any]]:
+    """The overlay's own documents plus the base's (what `kubectl apply -k` would send)."""
+    kust = yaml.safe_load((REPO / "deploy/overlays" / overlay / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for res in kust["resources"]:
+        path = REPO / "deploy/overlays" / overlay / res
+        files = [path] if path.is_file() else [
+            path / f for f in yaml.safe_load((path / "kustomization.yaml").read_text())["resources"]
+        ]  # fmt: skip
+        for f in files:
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize"])
+def test_pod_disruption_budget_lets_the_leader_go_and_protects_label_mode(source: str) -> None:
+    """3 replicas. Readiness mode: only the leader is Ready, and it can be evicted (a
+    node drain never hangs). Label mode: all 3 are Ready; one may go, never two."""
+    replicas = 3
+    for mode in ("readiness", "label"):
+        docs = render({"mode": mode}) if source == "chart" else _kustomize_overlay(mode)
+        pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        for pdb in pdbs:  # each budget selects the workload's pods
+            assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), source
+        if mode == "readiness":
+            assert may_evict(pdbs, replicas, ready=1, pod_ready=True)  # the leader
+            assert may_evict(pdbs, replicas, ready=1, pod_ready=False)  # a follower
+        else:
+            assert pdbs, f"{source}: label mode needs a budget"
+            assert may_evict(pdbs, replicas, ready=3, pod_ready=True)
+            assert not may_evict(pdbs, replicas, ready=2, pod_ready=True)  # one is down
 
 
 def test_schema_rejects_bad_values() -> None:

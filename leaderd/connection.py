@@ -1,0 +1,241 @@
+"""Redis clients built from a URL, for every form leaderd documents.
+
+`redis://`, `rediss://` (TLS) and `unix://` URLs, with or without username, password
+and db, directly, through Sentinel or on a Cluster. Options are chosen for the
+connection class the URL selects (a unix socket has no TCP keepalive and no TLS),
+and a password file is read by a redis-py `CredentialProvider` at every connect, so a
+rotated Secret reaches new connections without a restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import redis
+import redis.asyncio
+from redis.credentials import CredentialProvider
+
+SCHEMES = ("redis", "rediss", "unix")
+#: Query-string parameters that carry a secret and are masked wherever a URL is shown.
+SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "auth"})
+
+
+class URLError(ValueError):
+    """A Redis URL that cannot be used; the message says what is wrong, without secrets."""
+
+
+class PasswordFile(CredentialProvider):
+    """Credentials whose password is read from a file at every (re)connect.
+
+    Kubernetes updates a mounted Secret in place; reading it at connect time makes
+    the new password reach every new connection, and a pool reset reaches the rest.
+    """
+
+    def __init__(self, path: str, username: str | None = None) -> None:
+        self.path = path
+        self.username = username or None
+
+    def read(self) -> str:
+        """The password; `OSError`/`ValueError` if the file is unreadable or empty."""
+        with open(self.path, encoding="utf-8") as fh:
+            password = fh.read().rstrip("\r\n")
+        if not password:
+            raise ValueError(f"password file {self.path} is empty")
+        return password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        try:
+            password = self.read()
+        except (OSError, ValueError) as exc:
+            # A ConnectionError, so callers treat it like Redis being unreachable.
+            raise redis.ConnectionError(f"cannot read the Redis password file: {exc}") from None
+        if self.username:
+            return (self.username, password)
+        return (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+    def __repr__(self) -> str:  # never the password
+        return f"PasswordFile({self.path!r}, username={self.username!r})"
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password masked, in the authority and in the query string."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, sep, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{host}" if sep else netloc
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*/:"
+            )
+        return parts._replace(netloc=netloc, query=query).geturl()
+    except ValueError:
+        # Unparseable: show the scheme and nothing that could be a secret.
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme[:10]}://<unparseable URL>" if scheme else "<unparseable URL>"
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})")
+
+
+def _valid_host(host: str) -> bool:
+    if _HOSTNAME.fullmatch(host):
+        return True
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def check_url(url: str, *, host_required: bool = True) -> None:
+    """Raise `URLError` (one line, no secrets) unless redis-py can use `url`."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise URLError(f"{shown} is not a valid URL ({exc})") from None
+    if parts.scheme not in SCHEMES:
+        raise URLError(f"{shown} must start with redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise URLError(f"{shown} names no socket path, e.g. unix:///run/redis/redis.sock")
+    else:
+        if host_required and not parts.hostname:
+            raise URLError(f"{shown} has no host, e.g. redis://redis:6379/0")
+        if parts.hostname and not _valid_host(parts.hostname):
+            raise URLError(f"{shown} has an invalid host {parts.hostname[:80]!r}")
+        if port is not None and not 0 < port < 65536:
+            raise URLError(f"{shown} has a port outside 1-65535")
+    try:
+        options = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError) as exc:
+        raise URLError(f"{shown} cannot be used ({_redacted_error(exc, url)})") from None
+    db = options.get("db", 0)
+    if not isinstance(db, int) or db < 0:
+        raise URLError(f"{shown} has an invalid db number")
+
+
+def _redacted_error(exc: BaseException, url: str) -> str:
+    text = str(exc)
+    parts = urlsplit(url)
+    for secret in (parts.password, *[v for k, v in parse_qsl(parts.query) if k in SECRET_PARAMS]):
+        if secret:
+            text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
+
+
+@dataclass
+class RedisTarget:
+    """Where and how to connect: one URL plus what cannot be written in it."""
+
+    url: str
+    password_file: str | None = None
+    tls: dict[str, str] = field(default_factory=dict)  # ssl_ca_certs, ssl_certfile, ssl_keyfile
+    sentinels: list[tuple[str, int]] = field(default_factory=list)
+    sentinel_master: str | None = None
+    cluster: bool = False
+    connect_timeout: float = 2.0
+    socket_timeout: float | None = None
+    client_name: str | None = None
+
+    def redacted(self) -> str:
+        return redact_url(self.url)
+
+
+def pool_options(target: RedisTarget, *, asyncio: bool) -> dict[str, Any]:
+    """Keyword arguments of a redis-py ConnectionPool for `target`'s URL.
+
+    Built for the connection class the URL selects: TCP keepalive only on TCP, TLS
+    options only on `rediss://`; a password file replaces the URL's password with a
+    credential provider (redis-py refuses both at once).
+    """
+    parse = redis.asyncio.connection.parse_url if asyncio else redis.connection.parse_url
+    options: dict[str, Any] = dict(parse(target.url))
+    scheme = urlsplit(target.url).scheme
+    options["socket_connect_timeout"] = target.connect_timeout
+    if target.socket_timeout is not None:
+        options["socket_timeout"] = target.socket_timeout
+    if target.client_name:
+        options["client_name"] = target.client_name
+    if scheme != "unix":
+        options["socket_keepalive"] = True
+    if scheme == "rediss" or (target.sentinels and target.tls):
+        options.update(target.tls)
+    if target.password_file:
+        username = options.pop("username", None)
+        options.pop("password", None)
+        options["credential_provider"] = PasswordFile(target.password_file, username)
+    return options
+
+
+def _sentinel_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in options.items() if k not in ("host", "port", "path", "connection_class")
+    }
+
+
+def _cluster_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("connection_class", "path", "db")}
+
+
+def async_client(target: RedisTarget) -> redis.asyncio.Redis:
+    """An asyncio client for `target` (direct, Sentinel or Cluster)."""
+    options = pool_options(target, asyncio=True)
+    if target.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        assert target.sentinel_master is not None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.sentinels, sentinel_kwargs={"socket_connect_timeout": target.connect_timeout}
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(
+            target.sentinel_master, redis_class=redis.asyncio.Redis, **_sentinel_kwargs(options)
+        )
+        return client
+    if target.cluster:
+        cluster: Any = redis.asyncio.RedisCluster(**_cluster_kwargs(options))
+        return cluster  # type: ignore[no-any-return]
+    return redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(**options))
+
+
+def sync_client(target: RedisTarget) -> redis.Redis:
+    """A synchronous client for `target` (direct, Sentinel or Cluster)."""
+    options = pool_options(target, asyncio=False)
+    if target.sentinels:
+        from redis.sentinel import Sentinel
+
+        assert target.sentinel_master is not None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.sentinels, sentinel_kwargs={"socket_connect_timeout": target.connect_timeout}
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.sentinel_master, redis_class=redis.Redis, **_sentinel_kwargs(options)
+        )
+        return client
+    if target.cluster:
+        cluster: Any = redis.RedisCluster(**_cluster_kwargs(options))
+        return cluster  # type: ignore[no-any-return]
+    return redis.Redis(connection_pool=redis.ConnectionPool(**options))
+
+
+def is_auth_error(error: BaseException | None) -> bool:
+    """Redis refused our credentials (rotation in progress, or a wrong password)."""
+    if error is None:
+        return False
+    if isinstance(error, redis.AuthenticationError):
+        return True
+    text = str(error)
+    return any(s in text for s in ("WRONGPASS", "NOAUTH", "invalid password", "invalid username"))
