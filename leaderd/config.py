@@ -17,6 +17,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from .connection import PasswordFile, RedisTarget, URLError, check_url, redact_url
+from .statusfile import unsafe_directory
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
 
@@ -24,6 +25,11 @@ class ConfigError(Exception):
     """Invalid or inconsistent configuration; the message is one line for the user."""
 
 
+#: Upper bound of every duration: Redis accepts it, and a crashed leader's lease cannot
+#: block an election for longer than a day because of a typo.
+MAX_DURATION = 24 * 3600.0
+#: Lower bound of the follower's retry intervals.
+MIN_RETRY_INTERVAL = 0.01
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}")
@@ -252,6 +258,8 @@ def build_run_config(
             _fail(opts[dest], value, "must be a duration like 500ms, 2s, 1m30s or seconds")
         if seconds <= 0:
             _fail(opts[dest], value, "must be greater than zero")
+        if seconds > MAX_DURATION:
+            _fail(opts[dest], value, "must be at most 24h (a typo here could block an election)")
         return seconds
 
     sentinels: list[tuple[str, int]] = []
@@ -352,6 +360,9 @@ def build_run_config(
         _fail(opts["retry"], raw["retry"], "must be fixed or exponential")
     interval = duration("retry_interval")
     max_interval = duration("retry_max_interval")
+    for dest, seconds in (("retry_interval", interval), ("retry_max_interval", max_interval)):
+        if seconds < MIN_RETRY_INTERVAL:
+            _fail(opts[dest], raw[dest], "must be at least 10ms (a busy loop would burn a CPU)")
     retry_max_text = (raw["retry_max"] or "0").strip()
     try:
         retry_max = int(retry_max_text)
@@ -394,6 +405,9 @@ def build_run_config(
             _fail(opts["status_file"], status_file, f"directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
             _fail(opts["status_file"], status_file, f"directory {directory} is not writable")
+        unsafe = unsafe_directory(status_file)
+        if unsafe:
+            _fail(opts["status_file"], status_file, unsafe)
 
     def switch(dest: str) -> bool:
         opt = opts[dest]

@@ -119,6 +119,8 @@ def check_url(url: str, *, host_required: bool = True) -> None:
             raise URLError(f"{shown} has an invalid host {parts.hostname[:80]!r}")
         if port is not None and not 0 < port < 65536:
             raise URLError(f"{shown} has a port outside 1-65535")
+        if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
+            raise URLError(f"{shown}: the path must be a db number, e.g. redis://redis:6379/0")
     try:
         options = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError) as exc:

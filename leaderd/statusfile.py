@@ -1,12 +1,39 @@
-"""The status file: the status JSON, replaced atomically (temp file, fsync, rename)."""
+"""The status file: the status JSON, replaced atomically (temp file, fsync, rename).
+
+It is written 0644 through the open descriptor (never chmod by path, which a symlink
+could redirect), only into a directory that other users cannot write (or that has
+the sticky bit), and `leaderd check` trusts only a file of its own user.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
 import time
 from typing import Any
+
+#: `leaderd check` reads at most this much; a status file is well under 1 KiB.
+MAX_STATUS_BYTES = 64 * 1024
+
+
+def unsafe_directory(path: str) -> str | None:
+    """Why the directory of `path` is unsafe for the status file, or None if it is fine.
+
+    Other users must not be able to replace the file: a directory they can write is
+    refused unless it has the sticky bit (as /tmp has), where only owners may rename.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    st = os.stat(directory)
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"directory {directory} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}) without the sticky bit, so anyone could replace "
+            "the status file; use a private directory, or chmod o-w or +t it"
+        )
+    return None
 
 
 def write_status(path: str, status: dict[str, Any]) -> None:
@@ -14,12 +41,12 @@ def write_status(path: str, status: dict[str, Any]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".leaderd-status-", dir=directory)
     try:
+        os.fchmod(fd, 0o644)  # the descriptor, not the path: no symlink can redirect it
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(status, fh, separators=(",", ":"), sort_keys=True)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -39,22 +66,44 @@ def write_status(path: str, status: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
 def check_status_file(path: str, now: float | None = None) -> tuple[bool, str]:
-    """(True, why) iff the file says leader and `valid_until` is in the future."""
+    """(True, why) iff the file is ours, says leader, and `valid_until` is in the future."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            status = json.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False, f"{path} does not exist"
-    except (OSError, ValueError) as exc:
-        return False, f"{path} is not readable JSON ({exc})"
+    except OSError as exc:
+        return False, f"{path} cannot be opened ({exc.strerror or exc})"
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return False, f"{path} is not a regular file"
+        if st.st_uid != os.geteuid():
+            return False, f"{path} belongs to uid {st.st_uid}, not to this user: not trusted"
+        data = fh.read(MAX_STATUS_BYTES + 1)
+    if len(data) > MAX_STATUS_BYTES:
+        return False, f"{path} is larger than {MAX_STATUS_BYTES} bytes: not a status file"
+    try:
+        status = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return False, f"{path} is not readable JSON ({str(exc)[:100]})"
     if not isinstance(status, dict):
         return False, f"{path} does not hold a status object"
     now = time.time() if now is None else now
     role = status.get("role")
     valid_until = status.get("valid_until")
     if role != "leader":
-        return False, f"role is {role}"
-    if not isinstance(valid_until, int | float) or valid_until <= now:
-        return False, f"leadership expired (valid_until={valid_until}, now={now:.3f})"
+        return False, f"role is {str(role)[:40]!r}"
+    if not isinstance(valid_until, int | float) or not _finite(valid_until) or valid_until <= now:
+        return False, f"leadership expired (valid_until={str(valid_until)[:40]}, now={now:.3f})"
     return True, f"leader, valid for {valid_until - now:.3f}s more"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a status file may hold")

@@ -121,6 +121,24 @@ def test_flags_win_over_env() -> None:
         ({}, {"redis_url": "rediss://h", "redis_tls_ca": "/nonexistent"}, "cannot be read"),
         ({}, {"redis_url": "rediss://h", "redis_tls_cert": "/etc/hostname"}, "go together"),
         ({}, {"redis_cluster": True, "min_replicas_ack": "1"}, "not supported with"),
+        # Limits that keep a typo from hurting.
+        ({}, {"ttl": "1000000h"}, "--ttl (env LEADERD_TTL)='1000000h': must be at most 24h"),
+        ({}, {"ttl": "1e300"}, "must be at most 24h"),
+        ({}, {"ttl": "25h", "renew_deadline": "1h"}, "must be at most 24h"),
+        ({}, {"retry_interval": "1e-9"}, "--retry-interval (env LEADERD_RETRY_INTERVAL)="),
+        ({}, {"retry_interval": "5ms"}, "must be at least 10ms"),
+        ({}, {"retry": "exponential", "retry_max_interval": "1ms", "retry_interval": "1ms"},
+         "must be at least 10ms"),
+        ({}, {"retry_max_interval": "48h"}, "must be at most 24h"),
+        # URLs are validated at start, without a traceback and without the secret.
+        ({}, {"redis_url": "redis://[::1"}, "is not a valid URL"),
+        ({}, {"redis_url": "redis://h:99999/0"}, "Port out of range"),
+        ({}, {"redis_url": "redis://h:0/0"}, "port outside 1-65535"),
+        ({}, {"redis_url": "redis://h/notadb"}, "--redis-url"),
+        ({}, {"redis_url": "unix://"}, "no socket path"),
+        ({}, {"redis_url": "redis://bad host/0"}, "invalid host"),
+        ({}, {"redis_url": "http://u:hunter2@h/0?password=hunter2"}, "must start with redis://"),
+        ({}, {"redis_url": "ftp://h/0?password=hunter2&db=1"}, "password=***"),
     ],
 )  # fmt: skip
 def test_config_errors_name_flag_env_and_rule(
@@ -142,7 +160,21 @@ def test_empty_password_file(tmp_path: Path) -> None:
 
 def test_password_is_redacted() -> None:
     assert redact_url("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
+    assert redact_url("redis://:hunter2@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    assert redact_url("redis://h:1/0?password=hunter2&db=2") == "redis://h:1/0?password=***&db=2"
+    assert redact_url("unix://u:hunter2@/run/r.sock?db=1") == "unix://u:***@/run/r.sock?db=1"
+    assert "hunter2" not in redact_url("redis://[::1:hunter2@")  # unparseable: nothing shown
+
+
+def test_status_command_never_prints_a_query_string_password() -> None:
+    out = subprocess.run(
+        leaderd_cmd("status", "--redis-url", "redis://127.0.0.1:1/0?password=hunter2",
+                    "--election", "jobs"),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1 and "cannot read" in out.stderr
+    assert "hunter2" not in out.stdout + out.stderr and "Traceback" not in out.stderr
 
 
 @settings(max_examples=150, deadline=None)
