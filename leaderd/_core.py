@@ -172,7 +172,10 @@ def parse_acquire(reply: object) -> AcquireResult:
         raise LockError(f"unexpected reply from the acquire script: {reply!r}")
     ok, a, b = reply
     if int(ok) == 1:
-        return AcquireResult(True, token=int(_text(a)), value=_text(b))
+        token = _text(a)
+        if not token.isdigit() or len(token) > 19:
+            raise LockError(f"the fencing counter holds {token[:40]!r}, not a token")
+        return AcquireResult(True, token=int(token), value=_text(b))
     pttl = int(b)
     holder = None if a is None else _text(a)  # None: reserved for a waiting client
     return AcquireResult(False, holder=holder, ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
@@ -287,6 +290,8 @@ class RetryPlan:
 def map_response_error(exc: redis.ResponseError, key: str) -> Exception:
     """Turn a script error about the key into a `LockError` that says what is wrong."""
     text = str(exc)
+    if "LEADERD_FENCE" in text:
+        return LockError(text[text.index("LEADERD_FENCE") + len("LEADERD_FENCE ") :])
     if "WRONGTYPE" in text:
         return LockError(
             f"Redis key {key!r} (or {fence_key(key)!r}) holds a value of the wrong type; "

@@ -431,3 +431,62 @@ def test_readonly_replica_is_a_retried_failure(
     cause = err.value.__cause__
     assert isinstance(cause, redis.exceptions.ReadOnlyError) or "READONLY" in str(cause)
     assert err.value.attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("stored", "expect"),
+    [
+        (str(2**53), 2**53 + 1),  # past the doubles' exact range: still exact
+        (str(2**53 + 1), 2**53 + 2),
+        (str(2**62), 2**62 + 1),
+        (str(2**63 - 2), 2**63 - 1),  # the last token there is
+        ("0000" + str(2**60), 2**60 + 1),
+        ("nan", "time"),  # not a decimal integer: repaired from Redis TIME
+        ("inf", "time"),
+        ("abc", "time"),
+        ("-5", "time"),
+        ("1e20", "time"),
+        ("1.5", "time"),
+        ("", "time"),
+    ],
+)
+def test_fencing_counter_arithmetic_is_exact_and_repairs_garbage(
+    client: LockClient, r: redis.Redis, stored: str, expect: int | str
+) -> None:
+    r.set(fence_key("jobs"), stored)
+    before_us = int(time.time() * 1_000_000) - 5_000_000  # allow for clock skew
+    lock = client.try_lock("jobs", expiration=5)
+    token = lock.fencing_token
+    if expect == "time":
+        assert before_us < token < before_us + 60_000_000, token  # Redis TIME in µs
+    else:
+        assert token == expect
+    assert int(r.get(fence_key("jobs"))) == token
+    lock.unlock()
+    if token == 2**63 - 1:
+        with pytest.raises(leaderd.LockError, match="int64 limit"):
+            client.try_lock("jobs", expiration=5)  # never a repeated or wrapped token
+        return
+    again = client.try_lock("jobs", expiration=5)
+    assert again.fencing_token > token  # and strictly larger from there on
+    again.unlock()
+
+
+@pytest.mark.parametrize("stored", [str(2**63 - 1), str(2**63), str(2**64), "9" * 25])
+def test_a_counter_at_the_int64_limit_is_refused_and_nothing_changes(
+    client: LockClient, r: redis.Redis, stored: str
+) -> None:
+    r.set(fence_key("jobs"), stored)
+    with pytest.raises(leaderd.LockError, match="int64 limit") as err:
+        client.try_lock("jobs", expiration=5)
+    assert not isinstance(err.value, FailedToPreemptLockError)
+    assert r.get(fence_key("jobs")) == stored.encode() and not r.exists("jobs")
+
+
+def test_embedded_token_survives_a_retry_after_the_counter_is_corrupted(
+    client: LockClient, r: redis.Redis
+) -> None:
+    lock = client.try_lock("jobs", value='{"identity":"a"}', expiration=5, embed_token=True)
+    r.set(fence_key("jobs"), "garbage")
+    again = client.try_lock("jobs", value='{"identity":"a"}', expiration=5, embed_token=True)
+    assert again.fencing_token == lock.fencing_token  # the same term, the same token
