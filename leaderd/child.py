@@ -1,7 +1,8 @@
-"""Exec mode: run a command only while leader, in its own process group.
+"""Exec mode: run a command only while leader, under a reaper that owns its whole tree.
 
-On step-down the whole group gets SIGTERM, then SIGKILL when the grace period ends,
-which is always before the lease could expire, so no grandchild outlives leadership.
+On step-down every descendant gets SIGTERM, then SIGKILL when the grace period ends,
+which is always before the lease could expire; if leaderd dies, the reaper notices
+(a pipe closes) and does the same, so no grandchild outlives leadership.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,27 +34,16 @@ def child_environment(
     return env
 
 
-def _die_with_parent_hook() -> Any:
-    """A preexec function that makes Linux SIGKILL the child if leaderd dies.
-
-    prctl is looked up here, in the parent, so the forked child runs no dlopen;
-    ctypes (about 1 MB) is imported only in exec mode.
-    """
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        return None
-
-    def hook() -> None:  # pragma: no cover - runs in the forked child
-        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-    return hook
+REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
 
 
 class ChildRunner:
-    """The `lead` function of exec mode; `exit_code` is set when the child exits."""
+    """The `lead` function of exec mode; `exit_code` is set when the child exits.
+
+    The command runs under `reaper.py`, a subreaper that leaderd talks to with
+    signals and a pipe: no process of the command's tree outlives a step-down or
+    leaderd's own death (see reaper.py).
+    """
 
     def __init__(
         self,
@@ -61,6 +53,7 @@ class ChildRunner:
         clock: Clock,
         log: Any,
         env: Mapping[str, str] | None = None,
+        death_grace: float = 1.0,
     ) -> None:
         self.command = command
         self.election = election
@@ -68,64 +61,64 @@ class ChildRunner:
         self.clock = clock
         self.log = log
         self.env = dict(os.environ if env is None else env)
+        self.death_grace = death_grace  #: for the reaper if leaderd dies mid-term
         self.exit_code: int | None = None
-        self._preexec = _die_with_parent_hook()
 
     async def __call__(self, term: Term) -> int:
         env = child_environment(self.env, self.election, self.identity, term.fencing_token)
+        if shutil.which(self.command[0], path=env.get("PATH")) is None:
+            self.log.error("child_start_failed", command=self.command[0],
+                           error="not found or not executable")  # fmt: skip
+            self.exit_code = 127
+            return self.exit_code
+        alive_r, alive_w = os.pipe()  # the reaper sees EOF when leaderd dies
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command,
-                env=env,
-                start_new_session=True,
-                preexec_fn=self._preexec,
+                sys.executable, "-I", "-S", REAPER, str(alive_r), f"{self.death_grace:.3f}",
+                "--", *self.command,
+                env=env, start_new_session=True, pass_fds=(alive_r,),
                 stdin=asyncio.subprocess.DEVNULL,
-            )
+            )  # fmt: skip
         except OSError as exc:
+            os.close(alive_w)
             self.log.error("child_start_failed", command=self.command[0], error=str(exc))
-            self.exit_code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self.exit_code = 126
             return self.exit_code
+        finally:
+            os.close(alive_r)
         self.log.info(
             "child_started", pid=proc.pid, command=self.command[0], token=term.fencing_token
         )
         try:
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            grace = max(0.0, (term.lease_expires_at - self.clock.now()) * GRACE_SHARE)
-            await self._stop_group(proc, grace)
-            raise
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:
+                grace = max(0.0, (term.lease_expires_at - self.clock.now()) * GRACE_SHARE)
+                await self._stop(proc, grace)
+                raise
+        finally:
+            os.close(alive_w)
         self.exit_code = code if code >= 0 else 128 - code
         self.log.info("child_exited", pid=proc.pid, code=self.exit_code)
-        await self._stop_group(proc, max(0.0, term.lease_expires_at - self.clock.now()) * 0.5)
         return self.exit_code
 
-    async def _stop_group(self, proc: asyncio.subprocess.Process, grace: float) -> None:
-        """SIGTERM the child's process group, wait up to `grace`, then SIGKILL it."""
-        pgid = proc.pid  # start_new_session: the child leads its own group
-        if not _signal_group(pgid, signal.SIGTERM):
+    async def _stop(self, proc: asyncio.subprocess.Process, grace: float) -> None:
+        """SIGTERM the command's tree, SIGKILL it when `grace` ends; wait until it is gone."""
+        if proc.returncode is not None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while loop.time() < deadline:
-            if proc.returncode is None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
-            else:
-                await asyncio.sleep(0.05)
-            if proc.returncode is not None and not _signal_group(pgid, 0):
-                self.log.info("child_stopped", pid=proc.pid, signal="SIGTERM")
-                return
-        _signal_group(pgid, signal.SIGKILL)
-        await proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            self.log.info("child_stopped", pid=proc.pid, signal="SIGTERM")
+            return
+        except TimeoutError:
+            pass
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGHUP)  # the reaper SIGKILLs every descendant
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 2.0)
+        except TimeoutError:  # the reaper itself is stuck: the group is what is left
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
         self.log.warning("child_killed", pid=proc.pid, grace_s=round(grace, 3))
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send `sig` to a process group; False if no process is left in it."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .aio import AsyncLockClient
-from .child import ChildRunner
+from .child import GRACE_SHARE, ChildRunner
 from .config import RunConfig
 from .connection import async_client, is_auth_error
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
@@ -263,7 +263,14 @@ async def run_daemon(cfg: RunConfig) -> int:
         loop.add_signal_handler(sig, stop, EXIT_OK, signal.Signals(sig).name)
 
     child = (
-        ChildRunner(cfg.command, cfg.election, cfg.identity, elector.clock, log)
+        ChildRunner(
+            cfg.command,
+            cfg.election,
+            cfg.identity,
+            elector.clock,
+            log,
+            death_grace=(cfg.ttl - cfg.renew_deadline) * GRACE_SHARE,
+        )
         if cfg.command
         else None
     )

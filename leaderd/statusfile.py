@@ -67,9 +67,7 @@ def write_status(path: str, status: dict[str, Any]) -> None:
 
 
 def _finite(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_status_file(path: str, now: float | None = None) -> tuple[bool, str]:

@@ -237,7 +237,7 @@ def test_exec_mode_runs_the_child_only_while_leader(
     # Someone else holds the lease already, so there is no grace: detection takes up
     # to one refresh interval (1 s), then the group is killed at once.
     assert time.monotonic() - lost_at < 2.0
-    assert any(e["event"] == "child_killed" for e in d.events())
+    poll(lambda: any(e["event"] == "child_killed" for e in d.events()), 5)
 
 
 def test_exec_mode_exits_with_the_childs_code_and_releases(
