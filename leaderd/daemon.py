@@ -19,7 +19,7 @@ from .config import RunConfig
 from .connection import async_client, is_auth_error
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
-from .http import make_app, start_server
+from .http import LoopErrors, make_app, start_server
 from .logs import get_logger
 from .metrics import Metrics
 from .statusfile import write_status
@@ -189,6 +189,8 @@ class LossWatcher(ElectionObserver):
 async def run_daemon(cfg: RunConfig) -> int:
     """Run until a signal, a loss with --exit-on-loss, a spent strategy or the child's exit."""
     log = get_logger(election=cfg.election, identity=cfg.identity)
+    loop_errors = LoopErrors(log)
+    loop_errors.install()  # asyncio's own errors as JSON lines, never a flood
     client = async_client(cfg.redis_target(f"leaderd:{cfg.election}:{cfg.identity}"))
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.min_replicas_ack), cfg.election, cfg.identity,
@@ -242,8 +244,9 @@ async def run_daemon(cfg: RunConfig) -> int:
     if cfg.http_host is not None:
         try:
             runner = await start_server(
-                make_app(elector, metrics.registry), cfg.http_host, cfg.http_port
-            )
+                make_app(elector, metrics.registry), cfg.http_host, cfg.http_port,
+                loop_errors=loop_errors,
+            )  # fmt: skip
         except OSError as exc:
             log.error(
                 "http_failed",
