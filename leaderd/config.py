@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-from .connection import PasswordFile, RedisTarget, URLError, check_url, redact_url
+from .connection import (
+    PasswordFile,
+    RedisTarget,
+    URLError,
+    check_tls_files,
+    check_url,
+    redact_url,
+)
 from .statusfile import unsafe_directory
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
@@ -305,6 +312,11 @@ def build_run_config(
             raw["redis_tls_cert"],
             "and --redis-tls-key (env LEADERD_REDIS_TLS_KEY) go together",
         )
+    try:
+        check_tls_files(tls)
+    except ValueError as exc:
+        dest = "redis_tls_cert" if "its key" in str(exc) else "redis_tls_ca"
+        _fail(opts[dest], raw[dest], str(exc))
 
     if raw["redis_password_file"]:
         path = raw["redis_password_file"]
@@ -384,6 +396,8 @@ def build_run_config(
         retry = NonFixedIntervalStrategy(interval, max_retry, max_interval=max_interval)
 
     acks_text = (raw["min_replicas_ack"] or "0").strip()
+    if sentinels and _raw(args, opts["min_replicas_ack"], env)[1] == "default":
+        acks_text = "1"  # a Sentinel failover can otherwise leave two leaders for seconds
     if not acks_text.isdigit() or int(acks_text) > 100:
         _fail(opts["min_replicas_ack"], acks_text, "must be a whole number from 0 to 100")
     min_replicas_ack = int(acks_text)

@@ -233,6 +233,49 @@ def sync_client(target: RedisTarget) -> redis.Redis:
     return redis.Redis(connection_pool=redis.ConnectionPool(**options))
 
 
+def diagnose(error: BaseException | None, target: RedisTarget) -> str | None:
+    """A hint for an error whose text alone does not say what to fix, or None."""
+    if error is None:
+        return None
+    text = str(error)
+    tls = urlsplit(target.url).scheme == "rediss" or bool(target.tls)
+    reset = "reset by peer" in text.lower() or "ECONNRESET" in text or "EOF occurred" in text
+    if tls and reset and "ssl_certfile" not in target.tls:
+        return (
+            "the TLS handshake was cut off: the server may require a client certificate "
+            "(set --redis-tls-cert and --redis-tls-key)"
+        )
+    if tls and "certificate verify failed" in text.lower():
+        return "the server's certificate is not trusted: set --redis-tls-ca to its CA bundle"
+    if not tls and ("reset by peer" in text.lower() or "Connection closed by server" in text):
+        return "the server closed the connection: does it expect TLS (a rediss:// URL)?"
+    if is_auth_error(error):
+        return "check the password (file) and the username in the URL"
+    return None
+
+
+def check_tls_files(tls: dict[str, str]) -> None:
+    """Raise `ValueError` (one line) unless the CA, certificate and key load together."""
+    import ssl
+
+    context = ssl.create_default_context()
+    if "ssl_ca_certs" in tls:
+        try:
+            context.load_verify_locations(cafile=tls["ssl_ca_certs"])
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"is not a usable CA bundle ({exc.args[-1]})") from None
+    if "ssl_certfile" in tls:
+        try:
+            context.load_cert_chain(tls["ssl_certfile"], tls.get("ssl_keyfile"))
+        except (ssl.SSLError, OSError) as exc:
+            reason = (
+                "the key does not match the certificate"
+                if "KEY_VALUES_MISMATCH" in str(exc)
+                else str(exc.args[-1])
+            )
+            raise ValueError(f"cannot be used with its key ({reason})") from None
+
+
 def is_auth_error(error: BaseException | None) -> bool:
     """Redis refused our credentials (rotation in progress, or a wrong password)."""
     if error is None:

@@ -16,7 +16,7 @@ from typing import Any
 from .aio import AsyncLockClient
 from .child import GRACE_SHARE, ChildRunner
 from .config import RunConfig
-from .connection import async_client, is_auth_error
+from .connection import async_client, diagnose, is_auth_error
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import LoopErrors, make_app, start_server
@@ -36,8 +36,9 @@ def _error_text(exc: BaseException | None) -> str:
 class LogObserver(ElectionObserver):
     """Structured logs of transitions, and of Redis trouble once per change of state."""
 
-    def __init__(self, log: Any, elector: Elector, debug: bool = False) -> None:
+    def __init__(self, log: Any, elector: Elector, debug: bool = False, hint: Any = None) -> None:
         self.log = log
+        self.hint = hint or (lambda error: None)
         self.elector = elector
         self.debug = debug
         self.redis_down = False
@@ -47,7 +48,9 @@ class LogObserver(ElectionObserver):
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
         if outcome == "error" and not self.redis_down:
             self.redis_down = True
-            self.log.warning("redis_unavailable", error=_error_text(error))
+            hint = self.hint(error)
+            extra = {"hint": hint} if hint else {}
+            self.log.warning("redis_unavailable", error=_error_text(error), **extra)
         elif outcome != "error" and self.redis_down:
             self.redis_down = False
             self.log.info("redis_available")
@@ -191,14 +194,20 @@ async def run_daemon(cfg: RunConfig) -> int:
     log = get_logger(election=cfg.election, identity=cfg.identity)
     loop_errors = LoopErrors(log)
     loop_errors.install()  # asyncio's own errors as JSON lines, never a flood
-    client = async_client(cfg.redis_target(f"leaderd:{cfg.election}:{cfg.identity}"))
+    target = cfg.redis_target(f"leaderd:{cfg.election}:{cfg.identity}")
+    client = async_client(target)
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.min_replicas_ack), cfg.election, cfg.identity,
         ttl=cfg.ttl,
         refresh_interval=cfg.refresh_interval, renew_deadline=cfg.renew_deadline, retry=cfg.retry,
     )  # fmt: skip
     metrics = Metrics(elector)
-    elector.observers += [metrics, LogObserver(log, elector, debug=cfg.log_level == "debug")]
+    elector.observers += [
+        metrics,
+        LogObserver(
+            log, elector, debug=cfg.log_level == "debug", hint=lambda e: diagnose(e, target)
+        ),
+    ]
     main = asyncio.current_task()
     assert main is not None
     exit_code = EXIT_OK

@@ -244,8 +244,8 @@ class LoopErrors:
 
     At the descriptor limit the event loop reports every failed accept() with a
     traceback; here that is one `http_accept_failed` line until a connection is
-    accepted again after 10 s without a failure (`http_accept_recovered`). Other loop errors (e.g. a future whose
-    exception nobody retrieved) are logged once per kind, as JSON like everything else.
+    accepted after 10 s without a failure (`http_accept_recovered`). Other loop errors
+    (e.g. a future whose exception nobody retrieved) are logged once per kind, as JSON.
     """
 
     RECOVERY_QUIET = 10.0

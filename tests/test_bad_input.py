@@ -155,3 +155,36 @@ def test_the_documented_acl_is_enough(
     limited = redis.Redis.from_url(url, password="acl-Pass-1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.get("some-other-key")
+
+
+def test_the_documented_per_election_acl_is_enough_and_confined(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("ACL SETUSER leaderd-jobs", 1)[1].split("```", 1)[0]
+    words = " ".join(line.strip().rstrip("\\").strip() for line in block.splitlines()).split()
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.execute_command("ACL", "SETUSER", "leaderd-jobs",
+                          *[w.replace("PASSWORD", "job-Pass-1") for w in words])  # fmt: skip
+    url = f"redis://leaderd-jobs:job-Pass-1@127.0.0.1:{redis_server.port}/0"
+    ds = [spawn(url, f"pod-{i}") for i in range(2)]
+    for d in ds:
+        d.wait_http()
+    poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
+    leader = next(d for d in ds if d.ready() == 200)
+    other = next(d for d in ds if d is not leader)
+    leader.signal(signal.SIGTERM)  # release and hand-over on pub/sub, under the ACL
+    poll(lambda: other.ready() == 200, 5)
+    for d in ds:
+        assert "NOPERM" not in d.logs()
+    limited = redis.Redis.from_url(url)
+    for key in ("leaderd:{other}", "leaderd:{other}:fence", "leaderd:{jobsx}", "x"):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.set(key, "hijack")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        limited.publish("leaderd:released:leaderd:{other}", "")
+    # and a daemon of another election cannot even start contending with it
+    intruder = spawn(url, "pod-x", election="other")
+    intruder.wait_http()
+    poll(lambda: "redis_unavailable" in events(intruder), 10)
+    assert "NOPERM" in intruder.logs() or "NoPermission" in intruder.logs()

@@ -158,6 +158,14 @@ def test_empty_password_file(tmp_path: Path) -> None:
         config(redis_password_file=str(pw))
 
 
+def test_sentinel_defaults_to_one_replica_ack_unless_set() -> None:
+    sentinel = {"sentinel": ["s:26379"], "sentinel_master": "m"}
+    assert config(**sentinel).min_replicas_ack == 1
+    assert config(**sentinel, min_replicas_ack="0").min_replicas_ack == 0  # explicit: kept
+    assert config(env={"LEADERD_MIN_REPLICAS_ACK": "2"}, **sentinel).min_replicas_ack == 2
+    assert config().min_replicas_ack == 0
+
+
 def test_password_is_redacted() -> None:
     assert redact_url("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
     assert redact_url("redis://:hunter2@h:1/0") == "redis://:***@h:1/0"

@@ -11,7 +11,7 @@ import pytest
 
 from leaderd.devserver import RedisServer, free_port
 
-from .daemons import Daemon, poll
+from .daemons import Daemon, leaderd_cmd, poll
 
 
 def tls_redis_server() -> str | None:
@@ -83,3 +83,33 @@ def test_daemon_over_mutual_tls(
     finally:
         good.stop()
         bad.stop()
+
+
+def test_missing_client_certificate_gets_a_hint_and_a_mismatched_key_fails_at_start(
+    redis_factory: Callable[..., RedisServer], certs: Path, tmp_path: Path
+) -> None:
+    tls_port = free_port()
+    redis_factory(binary=BINARY, extra_args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(certs / "server.crt"),
+        "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file",
+        str(certs / "ca.crt"), "--tls-auth-clients", "yes",
+    ])  # fmt: skip
+    url = f"rediss://127.0.0.1:{tls_port}/0"
+    d = Daemon(tmp_path, url, "pod-0", "--redis-tls-ca", str(certs / "ca.crt"))
+    try:
+        d.wait_http()
+        event = poll(lambda: next((e for e in d.events() if e["event"] == "redis_unavailable"),
+                                  None), 10)  # fmt: skip
+        assert "client certificate" in event.get("hint", ""), event
+    finally:
+        d.stop()
+    # A key that does not belong to the certificate is found at start, in one line.
+    out = subprocess.run(
+        leaderd_cmd("run", "--redis-url", url, "--election", "e",
+                    "--redis-tls-ca", str(certs / "ca.crt"),
+                    "--redis-tls-cert", str(certs / "client.crt"),
+                    "--redis-tls-key", str(certs / "server.key")),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "--redis-tls-cert" in out.stderr and "does not match" in out.stderr
