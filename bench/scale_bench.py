@@ -144,6 +144,10 @@ def scenario(url: str, spec: list[tuple[str, str]], elections: int, ttl: float, 
             out["handover_p50_ms"] = round(statistics.median(lat) * 1000, 1)
             out["handover_max_ms"] = round(lat[-1] * 1000, 1)
         out["handovers"] = len(lat)
+        out["elections_handed_over"] = len({
+            e for became in fleet.ask("became") for e, t in became.items()
+            if e in resigned and t > resigned[e]
+        })  # fmt: skip
         counts = fleet.leaders()
         out["after_handover_one_leader"] = sum(v == 1 for v in counts.values())
     finally:
