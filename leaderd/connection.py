@@ -9,6 +9,7 @@ rotated Secret reaches new connections without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -231,6 +232,36 @@ def sync_client(target: RedisTarget) -> redis.Redis:
         cluster: Any = redis.RedisCluster(**_cluster_kwargs(options))
         return cluster  # type: ignore[no-any-return]
     return redis.Redis(connection_pool=redis.ConnectionPool(**options))
+
+
+async def follow_primary(
+    client: Any, interval: float, on_change: Any, timeout: float = 1.0
+) -> None:
+    """Ask the Sentinels for the primary every `interval` seconds, until cancelled.
+
+    When it moved, redis-py's Sentinel pool drops its idle connections, so the next
+    refresh goes to the new primary, finds the lock there (ours, or someone else's)
+    and the election acts on what the *current* primary says. Without this, a leader
+    can keep refreshing on a demoted primary that Sentinel has not yet reconfigured
+    (about 10 s), while another candidate leads through the new one.
+    `on_change(old, new)` is called with (host, port) tuples.
+    """
+    pool = getattr(client, "connection_pool", None)
+    get_master = getattr(pool, "get_master_address", None)
+    if get_master is None:
+        return
+    current: Any = None
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                address = await get_master()
+        except (redis.RedisError, OSError, TimeoutError):
+            address = None  # no Sentinel answered: the next round asks again
+        if address is not None:
+            if current is not None and address != current:
+                on_change(current, address)
+            current = address
+        await asyncio.sleep(interval)
 
 
 def diagnose(error: BaseException | None, target: RedisTarget) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from .aio import AsyncLockClient
 from .child import GRACE_SHARE, ChildRunner
 from .config import RunConfig
-from .connection import async_client, diagnose, is_auth_error
+from .connection import async_client, diagnose, follow_primary, is_auth_error
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import LoopErrors, make_app, start_server
@@ -300,6 +300,14 @@ async def run_daemon(cfg: RunConfig) -> int:
             hint="a Sentinel failover can leave two leaders for seconds; "
             "set --min-replicas-ack 1 (see README, Safety)",
         )
+    watch = None
+    if cfg.sentinels:
+
+        def moved(old: Any, new: Any) -> None:
+            log.warning("redis_primary_changed", old=f"{old[0]}:{old[1]}", new=f"{new[0]}:{new[1]}")
+
+        interval = min(cfg.refresh_interval / 2, 1.0)
+        watch = asyncio.create_task(follow_primary(client, interval, moved, cfg.refresh_interval))
     try:
         await elector.run(child if child is not None else _lead_until_cancelled)
         exit_code = child.exit_code if child is not None and child.exit_code is not None else 0
@@ -314,6 +322,9 @@ async def run_daemon(cfg: RunConfig) -> int:
         log.error("failed", error=_error_text(exc), exc_info=True)
         exit_code = EXIT_CONFIG
     finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.wait({watch})
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if writer is not None:
