@@ -53,12 +53,20 @@ def test_one_leader_among_three_and_all_agree(
             code, body = d.get("/readyz")
             assert code == 503 and body["role"] == "follower"
         assert d.get("/healthz")[0] == 200
+
     # The status file says the same, and `leaderd check` agrees.
-    file_status = json.loads(leader.status_file.read_text())
-    assert file_status["role"] == "leader"
+    # (written off the election loop: wait for it rather than race it)
+    def file_role(d: Daemon) -> str | None:
+        try:
+            return json.loads(d.status_file.read_text())["role"]  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    poll(lambda: file_role(leader) == "leader", 5)
     assert subprocess.run(leaderd_cmd("check", "--status-file", str(leader.status_file)),
                           capture_output=True).returncode == 0  # fmt: skip
     follower = next(d for d in ds if d is not leader)
+    poll(lambda: file_role(follower) == "follower", 5)
     assert subprocess.run(leaderd_cmd("check", "--status-file", str(follower.status_file)),
                           capture_output=True).returncode == 1  # fmt: skip
     out = subprocess.run(
