@@ -103,7 +103,8 @@ def test_graceful_handover_is_fast_and_exits_zero(
         d.wait_http()
     leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
     old_token = leader.status()["fencing_token"]
-    time.sleep(0.3)  # followers are queued now
+    r = redis.Redis.from_url(redis_server.url)
+    poll(lambda: r.zcard("leaderd:{jobs}:waiters") == 2, 5)  # both followers are queued
     stopped = time.monotonic()
     leader.signal(signal.SIGTERM)
     rest = [d for d in ds if d is not leader]
@@ -122,7 +123,7 @@ def test_crash_failover_within_ttl(redis_server: RedisServer, spawn: Callable[..
         d.wait_http()
     leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
     other = next(d for d in ds if d is not leader)
-    time.sleep(0.2)
+    poll(lambda: other.status()["leader"] == leader.identity, 5)  # it has seen the lease
     killed = time.monotonic()
     leader.signal(signal.SIGKILL)
     poll(lambda: other.ready() == 200, 5)
@@ -177,9 +178,8 @@ def test_redis_down_at_start(redis_factory: Callable[..., RedisServer], spawn) -
     port = free_port()
     d = spawn(f"redis://127.0.0.1:{port}/0", "pod-0")
     d.wait_http()
-    time.sleep(0.5)
+    poll(lambda: d.status()["role"] == "follower", 5)  # it tried, and failed
     assert d.ready() == 503 and d.get("/healthz")[0] == 200
-    assert d.status()["role"] == "follower"
     redis_factory(port=port)
     poll(lambda: d.ready() == 200, 8)
 

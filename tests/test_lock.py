@@ -123,7 +123,7 @@ def test_max_retry_zero_means_one_attempt(client: LockClient) -> None:
     assert err.value.attempts == 1
 
 
-def test_release_wakes_a_waiter_at_once(client: LockClient) -> None:
+def test_release_wakes_a_waiter_at_once(client: LockClient, r: redis.Redis) -> None:
     holder = client.try_lock("jobs", expiration=30)
     got: list[float] = []
 
@@ -134,7 +134,7 @@ def test_release_wakes_a_waiter_at_once(client: LockClient) -> None:
 
     thread = threading.Thread(target=wait)
     thread.start()
-    time.sleep(0.2)  # let the waiter block; its next scheduled retry is ~10 s away
+    wait_for(lambda: r.zcard("{jobs}:waiters") == 1)  # it is blocked; next retry in ~10 s
     released = time.monotonic()
     holder.unlock()
     thread.join(5)
