@@ -36,9 +36,13 @@ def one_run(tmp: Path, ttl: float, acks: int, replicas: int) -> dict[str, float]
         "sentinel down-after-milliseconds m 1000\n"
         "sentinel failover-timeout m 5000\n")).start()  # fmt: skip
     s = redis.Redis(port=sentinel.port)
-    deadline = time.monotonic() + 15
-    while len(s.execute_command("SENTINEL", "replicas", "m")) < replicas:
-        assert time.monotonic() < deadline, "the Sentinel never saw the replicas"
+    deadline = time.monotonic() + 30
+    # Replicas in sync (Redis 7 delays a diskless sync by 5 s) and known to the Sentinel.
+    while len(s.execute_command("SENTINEL", "replicas", "m")) < replicas or not all(
+        redis.Redis(port=rep.port).info("replication").get("master_link_status") == "up"
+        for rep in reps
+    ):
+        assert time.monotonic() < deadline, "the replicas never synced"
         time.sleep(0.1)
     args = ["--sentinel", f"127.0.0.1:{sentinel.port}", "--sentinel-master", "m",
             "--min-replicas-ack", str(acks), "--retry-interval", "500ms"]  # fmt: skip
@@ -96,12 +100,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--ttl", type=float, default=10.0)
+    parser.add_argument("--configs", default="1:0,1:1,2:1",
+                        help="REPLICAS:MIN_REPLICAS_ACK pairs to run, comma-separated")  # fmt: skip
     args = parser.parse_args()
+    configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]
     print(f"ttl {args.ttl:g}s, down-after 1s, {args.runs} runs each; seconds")
     print("| replicas | --min-replicas-ack | overlap per run | no leader per run | "
           "overlap max | no leader median / max |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for replicas, acks in ((1, 0), (1, 1), (2, 1)):
+    for replicas, acks in configs:
         results = []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="leaderd-sentinel-") as tmp:
