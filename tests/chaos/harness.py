@@ -86,7 +86,7 @@ class Chaos:
         self.rng = random.Random(seed)
         self.report = Report(seed)
         self.topology = topology
-        self.redis = RedisServer().start()
+        self.redis = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"]).start()
         self.extra: list[RedisServer] = []
         self.sentinel_args: list[str] = []
         if topology == "sentinel":
@@ -101,7 +101,15 @@ class Chaos:
             # primary has no replica, so a leader stuck on it cannot refresh there.
             self.sentinel_args = ["--sentinel", f"127.0.0.1:{sentinel.port}",
                                   "--sentinel-master", "m", "--min-replicas-ack", "1"]  # fmt: skip
-            time.sleep(1.5)  # the Sentinel discovers the replica
+            import redis
+
+            deadline = time.monotonic() + 30
+            s = redis.Redis(port=sentinel.port)
+            while time.monotonic() < deadline and not (  # replica in sync and known
+                redis.Redis(port=replica.port).info("replication").get("master_link_status") == "up"
+                and len(s.execute_command("SENTINEL", "replicas", "m")) == 1
+            ):
+                time.sleep(0.1)
         self.proxies = [TcpProxy(self.redis.port) for _ in range(n)]
         self.names = [f"d{i}" for i in range(n)]
         self.incarnation = dict.fromkeys(self.names, 0)
