@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY leaderd ./leaderd
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels '.[k8s]'
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels '.[daemon,k8s]'
 
 FROM python:3.11-slim AS runtime
 # tini forwards SIGTERM to leaderd and reaps exec-mode children's orphans.

@@ -14,20 +14,20 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,k8s,chart]'
+	$(BIN)/python -m pip install --quiet -e '.[daemon,test,bench,k8s,chart]'
 	$(BIN)/python -m pip install --quiet --upgrade redis  # `make test` runs on the latest
 	touch $(STAMP)
 
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check leaderd tests bench
-	$(BIN)/ruff format --check leaderd tests bench
+	$(BIN)/ruff check leaderd devtools tests bench
+	$(BIN)/ruff format --check leaderd devtools tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format leaderd tests bench
-	$(BIN)/ruff check --fix leaderd tests bench
+	$(BIN)/ruff format leaderd devtools tests bench
+	$(BIN)/ruff check --fix leaderd devtools tests bench
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -43,7 +43,7 @@ test-compat:
 	  venv=.venv-redis-$$v; spec="redis==$$v"; \
 	  case $$v in *.*) ;; *) spec="redis>=$$v,<$$(($$v + 1))";; esac; \
 	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
-	  $$venv/bin/python -m pip install --quiet -e '.[test]' "$$spec"; \
+	  $$venv/bin/python -m pip install --quiet -e '.[daemon,test]' "$$spec"; \
 	  echo "== redis-py $$($$venv/bin/python -c 'import redis; print(redis.__version__)')"; \
 	  $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS); \
 	done
@@ -55,7 +55,7 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --seconds $${CHAOS_SECONDS:-600} --seed $${CHAOS_SEED:-1}
 
 demo: $(STAMP)
-	$(BIN)/python -m leaderd.demo
+	$(BIN)/python -m devtools.demo
 
 IMAGE ?= leaderd:dev
 image:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools
 
 import redis
 import redis.asyncio
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 
 async def probe(port: int, calls: int = 2000) -> tuple[int, int]:

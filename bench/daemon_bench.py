@@ -19,7 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from leaderd.devserver import RedisServer, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools
+
+from devtools.devserver import RedisServer, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -11,17 +11,21 @@ import argparse
 import multiprocessing
 import random
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools
 
 import redis
 import redis_lock  # type: ignore[import-untyped]
 
 import leaderd
-from leaderd.devserver import RedisServer, counting_connection_class
+from devtools.devserver import RedisServer, counting_connection_class
 
 EXPIRATION = 10
 

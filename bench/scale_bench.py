@@ -12,14 +12,18 @@ import argparse
 import asyncio
 import multiprocessing
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools
 
 import redis
 import redis.asyncio
 
 import leaderd
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 PROCS = 4
 

@@ -21,7 +21,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.daemons
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 from tests.daemons import Daemon
 
 

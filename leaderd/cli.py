@@ -107,8 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"leaderd: error: {exc}", file=sys.stderr)
         return 1
-    from .daemon import run_daemon
-    from .logs import configure
+    try:
+        from .daemon import run_daemon
+        from .logs import configure
+    except ImportError as exc:
+        print(
+            f"leaderd: error: `leaderd run` needs the daemon extra ({exc.name} is missing): "
+            "pip install 'leaderd[daemon]'",
+            file=sys.stderr,
+        )
+        return 1
 
     configure(cfg.log_format, cfg.log_level)
     try:

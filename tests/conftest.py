@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from leaderd.devserver import free_port
+from devtools.devserver import free_port
 
 from .conftest import wait_for as poll
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from devtools.devserver import RedisServer
 from leaderd import (
     AsyncLockClient,
     FailedToPreemptLockError,
@@ -19,7 +20,6 @@ from leaderd import (
     MaxRetryError,
 )
 from leaderd._core import fence_key
-from leaderd.devserver import RedisServer
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 from .daemons import Daemon, poll
 

@@ -11,8 +11,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from devtools.devserver import RedisServer, find_redis_server
 from leaderd import AsyncLockClient, FixedIntervalStrategy, LockClient
-from leaderd.devserver import RedisServer, find_redis_server
 
 from .daemons import Daemon, poll
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from devtools.devserver import RedisServer
 from leaderd import (
     AsyncLockClient,
     ElectionObserver,
@@ -23,7 +24,6 @@ from leaderd import (
     MaxRetryError,
     Term,
 )
-from leaderd.devserver import RedisServer
 
 KEY = "leaderd:{jobs}"
 

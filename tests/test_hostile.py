@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import leaderd
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 from leaderd.election import MAX_SHOWN, display, parse_holder
 
 from .daemons import Daemon, leaderd_cmd, poll

@@ -11,7 +11,7 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from leaderd.devserver import RedisServer, free_port
+from devtools.devserver import RedisServer, free_port
 
 from .daemons import Daemon, poll
 

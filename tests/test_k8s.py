@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 from .daemons import Daemon, leaderd_cmd, poll
 from .kubefake import FakeKube

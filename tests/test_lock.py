@@ -12,6 +12,7 @@ import pytest
 import redis
 
 import leaderd
+from devtools.devserver import RedisServer, counting_connection_class
 from leaderd import (
     FailedToPreemptLockError,
     FixedIntervalStrategy,
@@ -22,7 +23,6 @@ from leaderd import (
     _core,
 )
 from leaderd._core import fence_key
-from leaderd.devserver import RedisServer, counting_connection_class
 
 from .conftest import wait_for
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, FixedIntervalStrategy, MaxRetryError, NotReplicatedError
-from leaderd.devserver import RedisServer
 
 from .daemons import Daemon, poll
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from bench.scale_bench import scenario
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 
 def test_200_candidates_in_one_election(redis_server: RedisServer) -> None:

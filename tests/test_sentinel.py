@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 from .daemons import Daemon, poll
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from leaderd.devserver import RedisServer, free_port
+from devtools.devserver import RedisServer, free_port
 
 from .daemons import Daemon, leaderd_cmd, poll
 

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 
 import leaderd
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 from .daemons import Daemon, leaderd_cmd, poll
 

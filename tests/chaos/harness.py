@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaderd.devserver import RedisServer
+from devtools.devserver import RedisServer
 
 from ..daemons import Daemon
 from .proxy import TcpProxy

@@ -1,0 +1,35 @@
+"""Packaging: the library needs only redis-py; the sidecar comes with the `daemon` extra."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import requires
+
+
+def test_the_library_depends_on_redis_only() -> None:
+    base = [r for r in requires("leaderd") or [] if "extra ==" not in r]
+    assert [r.split(";")[0].replace(" ", "") for r in base] == ["redis>=5.3"]
+    daemon = {r.split(";")[0].split(">")[0].strip() for r in requires("leaderd") or []
+              if 'extra == "daemon"' in r}  # fmt: skip
+    assert daemon == {"prometheus-client", "structlog", "aiohttp"}
+
+
+def test_importing_the_library_loads_no_daemon_dependency() -> None:
+    code = ("import sys, leaderd, leaderd.connection; "
+            "print(sorted(m for m in ('aiohttp', 'structlog', 'prometheus_client', "
+            "'kubernetes') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30)  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['aiohttp'] = None; from leaderd.cli import main; "
+        "sys.exit(main(['run', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "pip install 'leaderd[daemon]'" in out.stderr and "Traceback" not in out.stderr
