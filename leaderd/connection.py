@@ -270,8 +270,10 @@ def diagnose(error: BaseException | None, target: RedisTarget) -> str | None:
         return None
     text = str(error)
     tls = urlsplit(target.url).scheme == "rediss" or bool(target.tls)
-    reset = "reset by peer" in text.lower() or "ECONNRESET" in text or "EOF occurred" in text
-    if tls and reset and "ssl_certfile" not in target.tls:
+    lower = text.lower()
+    reset = "reset by peer" in lower or "ECONNRESET" in text or "EOF occurred" in text
+    refused_cert = "certificate required" in lower or "certificate_required" in lower
+    if tls and (reset or refused_cert) and "ssl_certfile" not in target.tls:
         return (
             "the TLS handshake was cut off: the server may require a client certificate "
             "(set --redis-tls-cert and --redis-tls-key)"

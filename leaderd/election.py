@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,8 +72,12 @@ class Term:
 class ElectionObserver:
     """Hooks for outputs (metrics, logs, status file, Kubernetes); all are optional.
 
-    Hooks run inline in the election loop: they must be quick and must not raise.
+    Hooks run inline in the election loop, so they must be quick; one that raises is
+    reported once (`Elector.on_observer_error`) and never stops the election.
     """
+
+    def bind(self, elector: Elector) -> None:
+        """Called once by the `Elector` this observer is given to, before any hook."""
 
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
         """After each acquire attempt: outcome is `acquired`, `held` or `error`."""
@@ -208,6 +213,9 @@ class Elector:
         self.timeout = timeout if timeout is not None else min(refresh_interval, 2.0)
         self.clock: Clock = clock or SystemClock()
         self.observers = list(observers)
+        #: called once per (observer, hook) whose hook raised; default: stdlib logging
+        self.on_observer_error: Callable[[ElectionObserver, str, Exception], Any] | None = None
+        self._observer_errors: set[tuple[str, str]] = set()
         self.role = "starting"
         self.leader: str | None = None
         self.transitions = 0
@@ -218,6 +226,8 @@ class Elector:
         retry_gap = max(ttl, _retry_bound(self.retry))
         #: a follower loop that made no attempt for this long is wedged
         self.stall_after = 2 * retry_gap + self.timeout
+        for o in self.observers:
+            o.bind(self)
 
     # -- readers: each evaluates the deadline at the moment it answers -------------------
     def is_leader(self) -> bool:
@@ -369,8 +379,7 @@ class Elector:
                 term.deadline = started + self.renew_deadline
                 term.lease_expires_at = started + self.ttl
                 next_refresh = started + self.refresh_interval
-            for o in self.observers:
-                o.on_refresh(outcome, finished - started, error)
+            self._notify("on_refresh", outcome, finished - started, error)
             if outcome == "lost":
                 return "lost"
             if late:
@@ -395,7 +404,10 @@ class Elector:
         """Let outputs catch up (bounded) while the lease still keeps others out."""
         budget = min(2.0, term.lease_expires_at - self.clock.now())
         for o in self.observers:
-            await o.stepped_down(term, reason, budget)
+            try:
+                await o.stepped_down(term, reason, budget)
+            except Exception as exc:  # an output must never stop the election
+                self._observer_failed(o, "stepped_down", exc)
 
     async def _release(self, lock: AsyncLock) -> None:
         """Best effort: give the lock back if it is still ours, so a follower takes over."""
@@ -412,8 +424,7 @@ class Elector:
         else:
             outcome = "held"
             self._observe_leader(holder_identity(result.holder))
-        for o in self.observers:
-            o.on_attempt(outcome, error)
+        self._notify("on_attempt", outcome, error)
         if self.role == "starting":
             self._set_role("follower")
 
@@ -422,8 +433,7 @@ class Elector:
             return
         self.leader = identity
         self._changed()
-        for o in self.observers:
-            o.on_new_leader(identity)
+        self._notify("on_new_leader", identity)
         if self._on_new_leader is not None:
             self._on_new_leader(identity)
 
@@ -432,8 +442,7 @@ class Elector:
         self.transitions += 1
         self.role = "leader"
         self._last_progress = self.clock.now()
-        for o in self.observers:
-            o.on_started_leading(term)
+        self._notify("on_started_leading", term)
         self._observe_leader(self.identity)
         self._changed()
 
@@ -441,8 +450,7 @@ class Elector:
         self.term = None
         self.transitions += 1
         self.role = "follower"
-        for o in self.observers:
-            o.on_stopped_leading(term, reason)
+        self._notify("on_stopped_leading", term, reason)
         self._observe_leader(None)
         self._changed()
 
@@ -453,8 +461,27 @@ class Elector:
 
     def _changed(self) -> None:
         self.updated_at = self.clock.wall()
+        self._notify("on_status_change")
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        """Call `hook` on every observer; one that raises is reported, never fatal."""
         for o in self.observers:
-            o.on_status_change()
+            try:
+                getattr(o, hook)(*args)
+            except Exception as exc:
+                self._observer_failed(o, hook, exc)
+
+    def _observer_failed(self, observer: ElectionObserver, hook: str, exc: Exception) -> None:
+        key = (type(observer).__name__, hook)
+        if key in self._observer_errors:
+            return  # reported once per observer and hook
+        self._observer_errors.add(key)
+        if self.on_observer_error is not None:
+            self.on_observer_error(observer, hook, exc)
+        else:
+            logging.getLogger("leaderd").error(
+                "observer %s.%s failed: %r (the election goes on)", key[0], hook, exc
+            )
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

@@ -1,12 +1,16 @@
-"""structlog set-up: one JSON object a line on stderr (or readable console lines)."""
+"""Logs: structlog set-up (one JSON object a line on stderr, or readable console lines)
+and the observer that logs each change of state of an election once."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
+
+from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 
 
 def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
@@ -34,3 +38,74 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
 
 def get_logger(**context: Any) -> Any:
     return structlog.get_logger("leaderd").bind(**context)
+
+
+def error_text(exc: BaseException | None) -> str:
+    """`Type: message` of an error, for a log field."""
+    if exc is None:
+        return ""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class LogObserver(ElectionObserver):
+    """Structured logs of transitions, and of Redis trouble once per change of state."""
+
+    def __init__(self, log: Any, debug: bool = False, hint: Any = None) -> None:
+        """`hint(error)`: an optional line that says how to fix a Redis error."""
+        self.log = log
+        self.hint = hint or (lambda error: None)
+        self.debug = debug
+        self.redis_down = False
+        self.refresh_failures = 0
+        self.follower_since = time.monotonic()
+
+    def bind(self, elector: Elector) -> None:
+        self.elector = elector
+
+    def on_attempt(self, outcome: str, error: Exception | None) -> None:
+        if outcome == "error" and not self.redis_down:
+            self.redis_down = True
+            hint = self.hint(error)
+            extra = {"hint": hint} if hint else {}
+            self.log.warning("redis_unavailable", error=error_text(error), **extra)
+        elif outcome != "error" and self.redis_down:
+            self.redis_down = False
+            self.log.info("redis_available")
+
+    def on_refresh(self, outcome: str, duration: float, error: Exception | None) -> None:
+        if outcome == "ok" and self.debug:
+            term = self.elector.term
+            if term is not None:  # the fault-injection checker rebuilds terms from it
+                self.log.debug("lease_renewed", token=term.fencing_token,
+                               valid_until=self.elector.status()["valid_until"])  # fmt: skip
+        if outcome == "error":
+            self.refresh_failures += 1
+            if self.refresh_failures == 1:
+                self.log.warning(
+                    "refresh_failed",
+                    error=error_text(error),
+                    duration_ms=round(duration * 1000, 2),
+                )
+        elif outcome == "ok" and self.refresh_failures:
+            self.log.info("refresh_recovered", failures=self.refresh_failures)
+            self.refresh_failures = 0
+
+    def on_started_leading(self, term: Term) -> None:
+        self.refresh_failures = 0
+        now = self.elector.clock.now()
+        self.log.info(
+            "became_leader", token=term.fencing_token,
+            waited_s=round(time.monotonic() - self.follower_since, 3),
+            valid_for_s=round(term.deadline - now, 3),
+            term_started_at=self.elector.status()["term_started_at"],
+            valid_until=self.elector.status()["valid_until"],
+        )  # fmt: skip
+
+    def on_stopped_leading(self, term: Term, reason: str) -> None:
+        self.follower_since = time.monotonic()
+        led_for = round(self.elector.clock.now() - term.started_at, 3)
+        level = self.log.warning if reason in LOSS_REASONS else self.log.info
+        level("stepped_down", reason=reason, token=term.fencing_token, led_for_s=led_for)
+
+    def on_new_leader(self, identity: str | None) -> None:
+        self.log.info("leader_changed", leader=identity)

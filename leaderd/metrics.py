@@ -15,14 +15,14 @@ from .election import ElectionObserver, Elector, Term
 class Metrics(ElectionObserver):
     """All metrics for one elector, in their own registry (label `election`)."""
 
-    def __init__(self, elector: Elector, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, election: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r, label = self.registry, elector.election
+        r, label = self.registry, election
+        self.label = label
         names = ["election"]
         self.is_leader = Gauge(
             "leaderd_is_leader", "1 if this instance is the valid leader now", names, registry=r
         )
-        self.is_leader.labels(label).set_function(lambda: float(elector.is_leader()))
         self.transitions = Counter(
             "leaderd_leadership_transitions_total",
             "Times this instance became or stopped being leader",
@@ -47,20 +47,12 @@ class Metrics(ElectionObserver):
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         ).labels(label)
-        remaining = Gauge(
+        self.remaining = Gauge(
             "leaderd_lease_remaining_seconds",
             "Seconds this leadership stays valid without another refresh (0 if not leader)",
             names,
             registry=r,
         )
-
-        def lease_remaining() -> float:
-            term = elector.term
-            if term is None:
-                return 0.0
-            return max(0.0, term.deadline - elector.clock.now())
-
-        remaining.labels(label).set_function(lease_remaining)
         self.token = Gauge(
             "leaderd_fencing_token", "Fencing token of the current or last term", names, registry=r
         ).labels(label)
@@ -74,6 +66,18 @@ class Metrics(ElectionObserver):
         self.k8s_errors = Counter(
             "leaderd_k8s_errors_total", "Failed Kubernetes API calls", names, registry=r
         ).labels(label)
+
+    def bind(self, elector: Elector) -> None:
+        """Gauges whose truth depends on time are evaluated at scrape time."""
+
+        def lease_remaining() -> float:
+            term = elector.term
+            if term is None:
+                return 0.0
+            return max(0.0, term.deadline - elector.clock.now())
+
+        self.is_leader.labels(self.label).set_function(lambda: float(elector.is_leader()))
+        self.remaining.labels(self.label).set_function(lease_remaining)
 
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
         self.attempts[outcome].inc()

@@ -7,6 +7,7 @@ the sticky bit), and `leaderd check` trusts only a file of its own user.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -14,6 +15,8 @@ import stat
 import tempfile
 import time
 from typing import Any
+
+from .election import ElectionObserver, Elector
 
 #: `leaderd check` reads at most this much; a status file is well under 1 KiB.
 MAX_STATUS_BYTES = 64 * 1024
@@ -105,3 +108,49 @@ def check_status_file(path: str, now: float | None = None) -> tuple[bool, str]:
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number a status file may hold")
+
+
+class StatusFileWriter(ElectionObserver):
+    """Writes the status file on every change, off the election loop (in a thread)."""
+
+    def __init__(self, path: str, log: Any) -> None:
+        self.path = path
+        self.log = log
+        self._dirty = asyncio.Event()
+        self._failing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def bind(self, elector: Elector) -> None:
+        self.elector = elector
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="leaderd-status-file")
+        self._dirty.set()
+
+    def on_status_change(self) -> None:
+        self._dirty.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._write()
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.to_thread(write_status, self.path, self.elector.status())
+        except OSError as exc:
+            if not self._failing:
+                self.log.error("status_file_failed", path=self.path, error=exc.strerror or str(exc))
+            self._failing = True
+        else:
+            if self._failing:
+                self.log.info("status_file_recovered", path=self.path)
+            self._failing = False
+
+    async def close(self) -> None:
+        """Stop the writer and write the final status once more."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        await self._write()

@@ -310,3 +310,44 @@ async def test_one_leader_among_three_and_everyone_learns_who(
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients:
         await c.aclose()
+
+
+class Broken(ElectionObserver):
+    """An output with a bug: every hook raises."""
+
+    def __init__(self) -> None:
+        self.bound: Elector | None = None
+
+    def bind(self, elector: Elector) -> None:
+        self.bound = elector
+
+    def on_attempt(self, outcome: str, error: Exception | None) -> None:
+        raise RuntimeError("attempt hook bug")
+
+    def on_started_leading(self, term: Term) -> None:
+        raise RuntimeError("start hook bug")
+
+    def on_status_change(self) -> None:
+        raise ValueError("status hook bug")
+
+    async def stepped_down(self, term: Term, reason: str, budget: float) -> None:
+        raise RuntimeError("async hook bug")
+
+
+async def test_an_observer_that_raises_is_reported_once_and_never_stops_the_election(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    broken, recorder = Broken(), Recorder()
+    e = make(aredis, observers=[broken, recorder])
+    assert broken.bound is e  # observers are bound when the elector is built
+    failures: list[tuple[str, str]] = []
+    e.on_observer_error = lambda o, hook, exc: failures.append((type(o).__name__, hook))
+    lead = Leading()
+    task = asyncio.create_task(e.run(lead))
+    await until(lambda: e.is_leader() and lead.running)
+    assert recorder.count("started") == 1  # the observers after the broken one still ran
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await aredis.get(KEY) is None  # released despite the failing stepped_down hook
+    assert sorted(failures) == sorted(set(failures))  # each (observer, hook) reported once
+    assert {h for _, h in failures} >= {"on_started_leading", "on_status_change", "stepped_down"}
