@@ -24,7 +24,7 @@ from .config import (
     new_parser,
 )
 from .connection import redact_url, sync_client
-from .election import election_key, parse_holder
+from .redis_backend import election_key, parse_holder
 
 
 def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -1,31 +1,27 @@
-"""Leader election on a leaderd lock: one small state machine, acquire -> lead -> release.
+"""Leader election: one small state machine, acquire -> lead -> renew -> release.
 
-`Elector.run` contends for the lock, runs `lead(term)` while it is leader, refreshes
-the lease, and steps down the moment it can no longer prove it holds it. Time comes
-from an injected `Clock`, so the deadline logic is tested on a fake clock.
+`Elector.run` contends for the lease through an `ElectionBackend` (Redis, or memory in
+tests), runs `lead(term)` while it is leader, renews the lease, and steps down the
+moment it can no longer prove it holds it. Time comes from an injected `Clock`, so
+the deadline logic is tested on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
-
-from ._core import AcquireResult
-from .aio import AsyncLock, AsyncLockClient
+from .backend import Attempt, Candidate, ElectionBackend, Lease
 from .errors import LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
-#: Errors that mean "Redis did not answer properly"; the elector keeps trying.
-REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
+if TYPE_CHECKING:
+    from .aio import AsyncLockClient
 
 
 class Clock(Protocol):
@@ -109,62 +105,13 @@ class ElectionObserver:
 LOSS_REASONS = frozenset({"lost", "deadline"})
 
 
-def election_key(election: str) -> str:
-    """The Redis key of an election; the braces keep its helper keys in one slot."""
-    return f"leaderd:{{{election}}}"
+def _backend(client: Any, election: str, clock: Clock) -> ElectionBackend:
+    """An `ElectionBackend` as given, or the Redis one around an `AsyncLockClient`."""
+    if hasattr(client, "transient") and hasattr(client, "renew"):
+        return client  # type: ignore[no-any-return]
+    from .redis_backend import RedisBackend
 
-
-#: Holder values longer than this are not parsed: an elector writes ~100 bytes.
-MAX_HOLDER_BYTES = 4096
-#: Identities are shown (status, logs, `leaderd status`) cut to this many characters.
-MAX_SHOWN = 253
-
-
-@dataclass(frozen=True)
-class Holder:
-    """What a lock value says about its holder. `foreign` if no elector wrote it."""
-
-    identity: str
-    token: int | None
-    foreign: bool
-
-
-def parse_holder(value: str) -> Holder:
-    """Parse a lock value defensively: bounded size, flat JSON only, never raises.
-
-    Anyone who can write the key controls this text; anything that is not an
-    elector's own small JSON object is a foreign holder, shown escaped and truncated.
-    """
-    data: Any = None
-    if len(value) <= MAX_HOLDER_BYTES and value.startswith("{"):
-        try:
-            data = json.loads(value)
-        except (ValueError, RecursionError):
-            data = None
-    if isinstance(data, dict):
-        identity, token = data.get("identity"), data.get("token")
-        if isinstance(identity, str) and identity:
-            ok_token = isinstance(token, int) and not isinstance(token, bool) and token > 0
-            return Holder(display(identity), token if ok_token else None, False)
-    return Holder(display(value), None, True)
-
-
-def holder_identity(value: str | None) -> str | None:
-    """The identity inside a lock value written by an elector (else the value, shown
-    safely); None if nobody holds the lock."""
-    return None if value is None else parse_holder(value).identity
-
-
-def display(text: str, limit: int = MAX_SHOWN) -> str:
-    """`text` safe for a terminal or a log line: control characters escaped, cut to
-    `limit` characters (an ellipsis marks the cut)."""
-    cut = len(text) > limit
-    text = text[:limit]
-    if not text.isprintable():
-        text = "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-        )[:limit]
-    return text + "…" if cut else text
+    return RedisBackend(client, election, clock)
 
 
 def _retry_bound(retry: RetryStrategy) -> float:
@@ -180,7 +127,7 @@ class Elector:
 
     def __init__(
         self,
-        client: AsyncLockClient,
+        client: AsyncLockClient | ElectionBackend,
         election: str,
         identity: str,
         ttl: float = 10.0,
@@ -201,10 +148,8 @@ class Elector:
             )
         if not election:
             raise ValueError("election must be a non-empty string")
-        self.client = client
         self.election = election
         self.identity = identity
-        self.key = election_key(election)
         self.ttl = ttl
         self.refresh_interval = refresh_interval
         self.renew_deadline = renew_deadline
@@ -212,6 +157,9 @@ class Elector:
         #: bound of each Redis call; a refresh is also cut off at the term's deadline
         self.timeout = timeout if timeout is not None else min(refresh_interval, 2.0)
         self.clock: Clock = clock or SystemClock()
+        self.backend = _backend(client, election, self.clock)
+        #: what the loop reports and retries: the backend's transport errors, LockError
+        self._retryable: tuple[type[Exception], ...] = (*self.backend.transient, LockError)
         self.observers = list(observers)
         #: called once per (observer, hook) whose hook raised; default: stdlib logging
         self.on_observer_error: Callable[[ElectionObserver, str, Exception], Any] | None = None
@@ -279,68 +227,55 @@ class Elector:
         self._on_new_leader = on_new_leader
         try:
             while True:
-                lock, term = await self._acquire()
-                if await self._lead(lock, term, lead):
+                lease, term = await self._acquire()
+                if await self._lead(lease, term, lead):
                     return
         finally:
             self._set_role("stopped")
 
-    async def _acquire(self) -> tuple[AsyncLock, Term]:
+    async def _acquire(self) -> tuple[Lease, Term]:
         """Follower: attempt under the strategy; wake on release and at lease expiry."""
         if self.role != "starting":
             self._set_role("follower")
-        value = json.dumps(
-            {"identity": self.identity, "nonce": secrets.token_hex(8)}, separators=(",", ":")
-        )
         while True:
             try:
-                lock = await self.client.lock(
-                    self.key,
-                    value=value,
-                    expiration=self.ttl,
-                    timeout=self.timeout,
-                    retry=self.retry,
-                    embed_token=True,
-                    on_attempt=self._attempted,
+                lease = await self.backend.acquire(
+                    Candidate(self.identity), self.ttl, self.timeout, self.retry, self._attempted
                 )
             except MaxRetryError:
                 raise
-            except (redis.RedisError, LockError) as exc:
+            except self._retryable as exc:
                 # Not a failover blip (e.g. a WRONGTYPE key, an ACL refusal): report it
                 # like any failed attempt and keep contending; never die of it.
-                self._attempted(None, exc)
+                self._attempted(Attempt("error", error=exc))
                 await self.clock.sleep(self.retry.next_delay(1) or 1.0)
                 continue
-            now = self.clock.now()
-            started = now - (time.monotonic() - lock.acquired_at)
             term = Term(
-                fencing_token=lock.fencing_token,
-                started_at=started,
-                deadline=started + self.renew_deadline,
-                lease_expires_at=started + self.ttl,
+                fencing_token=lease.token,
+                started_at=lease.started,
+                deadline=lease.started + self.renew_deadline,
+                lease_expires_at=lease.started + self.ttl,
             )
-            if term.valid(now):
-                return lock, term
-            await self._release(lock)  # stalled between proof and now: it proves nothing
+            if term.valid(self.clock.now()):
+                return lease, term
+            await self._release(lease)  # stalled between proof and now: it proves nothing
 
-    async def _lead(
-        self, lock: AsyncLock, term: Term, lead: Callable[[Term], Awaitable[Any]]
-    ) -> bool:
+    async def _lead(self, lease: Lease, term: Term, lead: Callable[[Term], Awaitable[Any]]) -> bool:
         """Leader: run `lead` and renew. True if `lead` finished (run() returns)."""
         self._start_term(term)
         task = asyncio.ensure_future(lead(term))
         try:
-            reason = await self._renew(lock, term, task)
+            reason = await self._renew(lease, term, task)
         except asyncio.CancelledError:
             await _cancel(task)
             self._end_term(term, "stopped")
             await self._before_release(term, "stopped")
-            await self._release(lock)
+            await self._release(lease)
             raise
         if reason == "finished":
             self._end_term(term, "released")
             await self._before_release(term, "released")
-            await self._release(lock)
+            await self._release(lease)
             task.result()  # re-raise what `lead` raised
             return True
         self.term = None  # readers answer "not leader" from here on
@@ -348,11 +283,11 @@ class Elector:
             term.lease_expires_at = min(term.lease_expires_at, self.clock.now())
         await _cancel(task)
         if reason == "deadline":
-            await self._release(lock)  # it may still be ours; let a follower in sooner
+            await self._release(lease)  # it may still be ours; let a follower in sooner
         self._end_term(term, reason)  # observers last: one of them may stop the daemon
         return False
 
-    async def _renew(self, lock: AsyncLock, term: Term, task: asyncio.Future[Any]) -> str:
+    async def _renew(self, lease: Lease, term: Term, task: asyncio.Future[Any]) -> str:
         """Refresh every refresh_interval until the lease is lost or `lead` finishes."""
         next_refresh = term.started_at + self.refresh_interval
         while True:
@@ -367,10 +302,10 @@ class Elector:
             outcome: str = "ok"
             error: Exception | None = None
             try:
-                await lock.refresh(timeout=min(self.timeout, term.deadline - started))
+                await self.backend.renew(lease, min(self.timeout, term.deadline - started))
             except LockNotHeldError as exc:
                 outcome, error = "lost", exc
-            except (*REDIS_ERRORS, LockError) as exc:
+            except self._retryable as exc:
                 outcome, error = "error", exc
             finished = self.clock.now()
             self._last_progress = finished
@@ -409,22 +344,17 @@ class Elector:
             except Exception as exc:  # an output must never stop the election
                 self._observer_failed(o, "stepped_down", exc)
 
-    async def _release(self, lock: AsyncLock) -> None:
-        """Best effort: give the lock back if it is still ours, so a follower takes over."""
-        with contextlib.suppress(LockError, *REDIS_ERRORS):
-            await lock.unlock(timeout=self.timeout)
+    async def _release(self, lease: Lease) -> None:
+        """Best effort: give the lease back if it is still ours, so a follower takes over."""
+        with contextlib.suppress(*self._retryable):
+            await self.backend.release(lease, self.timeout)
 
     # -- state changes -------------------------------------------------------------------
-    def _attempted(self, result: AcquireResult | None, error: Exception | None) -> None:
+    def _attempted(self, attempt: Attempt) -> None:
         self._last_progress = self.clock.now()
-        if result is None:
-            outcome = "error"
-        elif result.acquired:
-            outcome = "acquired"
-        else:
-            outcome = "held"
-            self._observe_leader(holder_identity(result.holder))
-        self._notify("on_attempt", outcome, error)
+        if attempt.outcome == "held":
+            self._observe_leader(attempt.holder.identity if attempt.holder else None)
+        self._notify("on_attempt", attempt.outcome, attempt.error)
         if self.role == "starting":
             self._set_role("follower")
 

@@ -23,6 +23,14 @@ def leaders(daemons: list[Daemon]) -> list[Daemon]:
     return [d for d in daemons if d.ready() == 200]
 
 
+def file_role(d: Daemon) -> str | None:
+    """The role in a daemon's status file (None until it is written)."""
+    try:
+        return json.loads(d.status_file.read_text())["role"]  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
 def test_one_leader_among_three_and_all_agree(
     redis_server: RedisServer, spawn: Callable[..., Daemon]
 ) -> None:
@@ -56,12 +64,6 @@ def test_one_leader_among_three_and_all_agree(
 
     # The status file says the same, and `leaderd check` agrees.
     # (written off the election loop: wait for it rather than race it)
-    def file_role(d: Daemon) -> str | None:
-        try:
-            return json.loads(d.status_file.read_text())["role"]  # type: ignore[no-any-return]
-        except (OSError, ValueError):
-            return None
-
     poll(lambda: file_role(leader) == "leader", 5)
     assert subprocess.run(leaderd_cmd("check", "--status-file", str(leader.status_file)),
                           capture_output=True).returncode == 0  # fmt: skip
@@ -199,6 +201,7 @@ def test_password_file_and_no_secret_anywhere(
     poll(lambda: d.ready() == 200, 5)
     poll(lambda: env_dump.exists() and env_dump.read_text(), 5)
     child_env = env_dump.read_text()
+    poll(lambda: file_role(d) == "leader", 5)  # the status file is written off the loop
     assert "LEADERD_FENCING_TOKEN=" in child_env and "LEADERD_IDENTITY=pod-0" in child_env
     for text in (child_env, d.logs(), json.dumps(d.status()), d.status_file.read_text(),
                  d.get("/metrics")[1], Path(f"{env_dump}.argv").read_text()):  # fmt: skip

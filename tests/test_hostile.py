@@ -12,7 +12,7 @@ import redis
 
 import leaderd
 from devtools.devserver import RedisServer
-from leaderd.election import MAX_SHOWN, display, parse_holder
+from leaderd.redis_backend import MAX_SHOWN, display, parse_holder
 
 from .daemons import Daemon, leaderd_cmd, poll
 
