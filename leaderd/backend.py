@@ -123,7 +123,8 @@ class MemoryBackend:
     """An `ElectionBackend` in memory, with injectable faults for tests.
 
     `down = True` makes every call fail; `latency` seconds (of the clock) pass in each
-    call before it acts, like a slow store.
+    call before it acts, like a slow store (a call whose timeout is shorter fails when
+    it runs out); `freeze()` makes calls hang until `thaw()`, like a stopped server.
     """
 
     transient: tuple[type[Exception], ...] = (BackendDown,)
@@ -133,9 +134,21 @@ class MemoryBackend:
         self.clock = store.clock
         self.down = False
         self.latency = 0.0
+        self._thawed = asyncio.Event()
+        self._thawed.set()
 
-    async def _call(self) -> None:
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    async def _call(self, timeout: float | None = None) -> None:
+        await self._thawed.wait()
         if self.latency:
+            if timeout is not None and self.latency > timeout:
+                await self.clock.sleep(timeout)
+                raise BackendDown(f"no answer within {timeout}s")
             await self.clock.sleep(self.latency)
         if self.down:
             raise BackendDown("the store does not answer")
@@ -153,7 +166,7 @@ class MemoryBackend:
             started = self.clock.now()
             expires_at: float | None = None
             try:
-                await self._call()
+                await self._call(timeout)
             except BackendDown as exc:
                 on_attempt(Attempt("error", error=exc))
             else:
@@ -186,20 +199,20 @@ class MemoryBackend:
 
     async def renew(self, lease: Lease, timeout: float) -> None:
         started = self.clock.now()
-        await self._call()
+        await self._call(timeout)
         held = self.store.current()
         if held is None or held.candidate != lease.handle or held.token != lease.token:
             raise LockNotHeldError("memory", "refresh")
         held.expires_at = started + held.ttl
 
     async def release(self, lease: Lease, timeout: float) -> None:
-        await self._call()
+        await self._call(timeout)
         held = self.store.current()
         if held is not None and held.candidate == lease.handle and held.token == lease.token:
             self.store.held = None
             self.store.released.set()
 
     async def holder(self, timeout: float) -> Holder | None:
-        await self._call()
+        await self._call(timeout)
         held = self.store.current()
         return None if held is None else Holder(held.candidate, held.token)
