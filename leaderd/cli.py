@@ -60,18 +60,18 @@ def _status(args: argparse.Namespace) -> int:
     target = cfg.redis_target("leaderd-status")
     target.socket_timeout = 2.0
     client = sync_client(target)
-    key = election_key(cfg.election)
+    key = election_key(cfg.election.name)
     try:
         pipe = client.pipeline(transaction=False)
         pipe.get(key)
         pipe.pttl(key)
         raw, pttl = pipe.execute()
     except redis.RedisError as exc:
-        raise ConfigError(f"cannot read {key} from {redact_url(cfg.redis_url)}: {exc}") from exc
+        raise ConfigError(f"cannot read {key} from {redact_url(cfg.redis.url)}: {exc}") from exc
     holder = parse_holder(raw.decode("utf-8", "replace")) if raw is not None else None
     token = holder.token if holder is not None else None
     info = {
-        "election": cfg.election,
+        "election": cfg.election.name,
         "key": key,
         "leader": holder.identity if holder is not None else None,
         "foreign_holder": holder.foreign if holder is not None else None,
@@ -81,10 +81,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     elif holder is None:
-        print(f"election {cfg.election}: no leader")
+        print(f"election {cfg.election.name}: no leader")
     else:
         print(
-            f"election {cfg.election}: leader {info['leader']}  token {token}  "
+            f"election {cfg.election.name}: leader {info['leader']}  token {token}  "
             f"ttl {info['ttl_seconds']}s"
         )
     return 0
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
 
-    configure(cfg.log_format, cfg.log_level)
+    configure(cfg.outputs.log_format, cfg.outputs.log_level)
     try:
         return asyncio.run(run_daemon(cfg))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before the loop took over

@@ -60,7 +60,7 @@ class Stopper(ElectionObserver):
 
 async def run_daemon(cfg: RunConfig) -> int:
     """Run until a signal, a loss with --exit-on-loss, a spent strategy or the child's exit."""
-    log = get_logger(election=cfg.election, identity=cfg.identity)
+    log = get_logger(election=cfg.election.name, identity=cfg.election.identity)
     loop_errors = LoopErrors(log)
     loop_errors.install()  # asyncio's own errors as JSON lines, never a flood
     stopper = Stopper(log, cfg.exit_on_loss)
@@ -83,50 +83,50 @@ async def _start(
 ) -> tuple[Elector, ChildRunner | None]:
     """Build the client, the elector and its outputs; each is closed by `stack`."""
     kube_api = _load_kube_api(cfg, log)  # first: it can fail before anything started
-    target = cfg.redis_target(f"leaderd:{cfg.election}:{cfg.identity}")
+    target = cfg.redis_target(f"leaderd:{cfg.election.name}:{cfg.election.identity}")
     client = async_client(target)
     stack.push_async_callback(client.aclose)
-    metrics = Metrics(cfg.election)
+    metrics = Metrics(cfg.election.name)
     observers: list[ElectionObserver] = [
         metrics,
-        LogObserver(log, debug=cfg.log_level == "debug", hint=lambda e: diagnose(e, target)),
+        LogObserver(log, debug=cfg.outputs.log_level == "debug", hint=lambda e: diagnose(e, target)),
         stopper,
     ]
-    if cfg.redis_password_file:
-        observers.append(CredentialReset(cfg.redis_password_file, client, log))
+    if cfg.redis.password_file:
+        observers.append(CredentialReset(cfg.redis.password_file, client, log))
     elector = Elector(
-        AsyncLockClient(client, min_replicas=cfg.min_replicas_ack), cfg.election, cfg.identity,
-        ttl=cfg.ttl, refresh_interval=cfg.refresh_interval, renew_deadline=cfg.renew_deadline,
-        retry=cfg.retry, observers=observers,
+        AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), cfg.election.name, cfg.election.identity,
+        ttl=cfg.election.ttl, refresh_interval=cfg.election.refresh_interval, renew_deadline=cfg.election.renew_deadline,
+        retry=cfg.election.retry, observers=observers,
     )  # fmt: skip
     elector.on_observer_error = lambda o, hook, exc: log.error(
         "output_failed", output=type(o).__name__, hook=hook, error=error_text(exc)
     )
-    if cfg.http_host is not None:
+    if cfg.outputs.http_host is not None:
         server = await _start_http(cfg, elector, metrics, loop_errors, log)
         stack.push_async_callback(server.close)
     if kube_api is not None:
         from .k8s import KubeObserver
 
-        assert cfg.pod_name is not None and cfg.pod_namespace is not None
-        kube = KubeObserver(kube_api, cfg.pod_name, cfg.pod_namespace, cfg.k8s_label,
-                            cfg.k8s_events, log, metrics.k8s_errors, cfg.election)  # fmt: skip
+        assert cfg.outputs.pod_name is not None and cfg.outputs.pod_namespace is not None
+        kube = KubeObserver(kube_api, cfg.outputs.pod_name, cfg.outputs.pod_namespace, cfg.outputs.k8s_label,
+                            cfg.outputs.k8s_events, log, metrics.k8s_errors, cfg.election.name)  # fmt: skip
         _attach(elector, kube)
         kube.start()
         stack.push_async_callback(kube.close)
-    if cfg.status_file:
-        writer = StatusFileWriter(cfg.status_file, log)
+    if cfg.outputs.status_file:
+        writer = StatusFileWriter(cfg.outputs.status_file, log)
         _attach(elector, writer)
         writer.start()
         stack.push_async_callback(writer.close)
-    if cfg.sentinels:
+    if cfg.redis.sentinels:
         _watch_primary(cfg, client, log, stack)
     _handle_signals(stopper, stack)
     _log_start(cfg, log)
     child = None
     if cfg.command:
-        death_grace = (cfg.ttl - cfg.renew_deadline) * GRACE_SHARE
-        child = ChildRunner(cfg.command, cfg.election, cfg.identity, elector.clock, log,
+        death_grace = (cfg.election.ttl - cfg.election.renew_deadline) * GRACE_SHARE
+        child = ChildRunner(cfg.command, cfg.election.name, cfg.election.identity, elector.clock, log,
                             death_grace=death_grace)  # fmt: skip
     return elector, child
 
@@ -158,7 +158,7 @@ async def _elect(elector: Elector, child: ChildRunner | None, stopper: Stopper, 
 
 
 def _load_kube_api(cfg: RunConfig, log: Any) -> Any:
-    if cfg.k8s_label is None and not cfg.k8s_events:
+    if cfg.outputs.k8s_label is None and not cfg.outputs.k8s_events:
         return None
     from .k8s import KubeSetupError, load_api
 
@@ -172,14 +172,14 @@ def _load_kube_api(cfg: RunConfig, log: Any) -> Any:
 async def _start_http(
     cfg: RunConfig, elector: Elector, metrics: Metrics, loop_errors: LoopErrors, log: Any
 ) -> Any:
-    assert cfg.http_host is not None
+    assert cfg.outputs.http_host is not None
     try:
-        return await start_server(make_app(elector, metrics.registry), cfg.http_host,
-                                  cfg.http_port, loop_errors=loop_errors)  # fmt: skip
+        return await start_server(make_app(elector, metrics.registry), cfg.outputs.http_host,
+                                  cfg.outputs.http_port, loop_errors=loop_errors)  # fmt: skip
     except OSError as exc:
         log.error(
             "http_failed",
-            addr=f"{cfg.http_host}:{cfg.http_port}",
+            addr=f"{cfg.outputs.http_host}:{cfg.outputs.http_port}",
             error=exc.strerror or str(exc),
             hint="choose another --http-addr (env LEADERD_HTTP_ADDR)",
         )
@@ -190,8 +190,8 @@ def _watch_primary(cfg: RunConfig, client: Any, log: Any, stack: contextlib.Asyn
     def moved(old: Any, new: Any) -> None:
         log.warning("redis_primary_changed", old=f"{old[0]}:{old[1]}", new=f"{new[0]}:{new[1]}")
 
-    interval = min(cfg.refresh_interval / 2, 1.0)
-    watch = asyncio.create_task(follow_primary(client, interval, moved, cfg.refresh_interval))
+    interval = min(cfg.election.refresh_interval / 2, 1.0)
+    watch = asyncio.create_task(follow_primary(client, interval, moved, cfg.election.refresh_interval))
 
     async def cancel() -> None:
         watch.cancel()
@@ -209,14 +209,14 @@ def _handle_signals(stopper: Stopper, stack: contextlib.AsyncExitStack) -> None:
 
 def _log_start(cfg: RunConfig, log: Any) -> None:
     log.info(
-        "starting", redis=cfg.redacted_url(),
-        sentinels=[f"{h}:{p}" for h, p in cfg.sentinels] or None, master=cfg.sentinel_master,
-        ttl=round(cfg.ttl, 3), refresh_interval=round(cfg.refresh_interval, 3),
-        renew_deadline=round(cfg.renew_deadline, 3), retry=cfg.retry_name,
-        http=f"{cfg.http_host}:{cfg.http_port}" if cfg.http_host is not None else None,
-        status_file=cfg.status_file, exec=cfg.command[0] if cfg.command else None,
+        "starting", redis=cfg.redis.redacted_url(),
+        sentinels=[f"{h}:{p}" for h, p in cfg.redis.sentinels] or None, master=cfg.redis.sentinel_master,
+        ttl=round(cfg.election.ttl, 3), refresh_interval=round(cfg.election.refresh_interval, 3),
+        renew_deadline=round(cfg.election.renew_deadline, 3), retry=cfg.election.retry_name,
+        http=f"{cfg.outputs.http_host}:{cfg.outputs.http_port}" if cfg.outputs.http_host is not None else None,
+        status_file=cfg.outputs.status_file, exec=cfg.command[0] if cfg.command else None,
     )  # fmt: skip
-    if cfg.sentinels and not cfg.min_replicas_ack:
+    if cfg.redis.sentinels and not cfg.redis.min_replicas_ack:
         log.warning(
             "sentinel_without_replica_ack",
             hint="a Sentinel failover can leave two leaders for seconds; "

@@ -105,6 +105,44 @@ class ElectionObserver:
 LOSS_REASONS = frozenset({"lost", "deadline"})
 
 
+class TimingError(ValueError):
+    """Timing settings that break `0 < refresh_interval < renew_deadline < ttl`.
+
+    `setting` names the one to change (`ttl`, `refresh_interval`, `renew_deadline`).
+    """
+
+    def __init__(self, setting: str, value: float, rule: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{setting}={value:g}: {rule}")
+
+
+def timing(
+    ttl: float, refresh_interval: float | None = None, renew_deadline: float | None = None
+) -> tuple[float, float]:
+    """The (refresh_interval, renew_deadline) an elector uses: the defaults (ttl/3 and
+    ttl*2/3) and the ordering rule live here only; `TimingError` names what is wrong."""
+    if not ttl > 0:
+        raise TimingError("ttl", ttl, "must be greater than zero")
+    refresh = ttl / 3 if refresh_interval is None else refresh_interval
+    renew = ttl * 2 / 3 if renew_deadline is None else renew_deadline
+    if not renew < ttl:
+        raise TimingError(
+            "renew_deadline",
+            renew,
+            f"must be less than ttl ({ttl:g}s), or a leader could outlive its lease",
+        )
+    if not 0 < refresh < renew:
+        raise TimingError(
+            "refresh_interval",
+            refresh,
+            f"must be less than renew_deadline ({renew:g}s), "
+            "or the leader could not refresh before stepping down",
+        )
+    return refresh, renew
+
+
 def _backend(client: Any, election: str, clock: Clock) -> ElectionBackend:
     """An `ElectionBackend` as given, or the Redis one around an `AsyncLockClient`."""
     if hasattr(client, "transient") and hasattr(client, "renew"):
@@ -139,13 +177,7 @@ class Elector:
         clock: Clock | None = None,
         observers: Sequence[ElectionObserver] = (),
     ) -> None:
-        refresh_interval = ttl / 3 if refresh_interval is None else refresh_interval
-        renew_deadline = ttl * 2 / 3 if renew_deadline is None else renew_deadline
-        if not 0 < refresh_interval < renew_deadline < ttl:
-            raise ValueError(
-                "need 0 < refresh_interval < renew_deadline < ttl, got "
-                f"{refresh_interval} < {renew_deadline} < {ttl}"
-            )
+        refresh_interval, renew_deadline = timing(ttl, refresh_interval, renew_deadline)
         if not election:
             raise ValueError("election must be a non-empty string")
         self.election = election

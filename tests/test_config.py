@@ -59,29 +59,37 @@ def test_duration_parser_fails_only_cleanly(text: str) -> None:
 
 def test_defaults() -> None:
     cfg = config(env={"POD_NAME": "pod-7"})
-    assert (cfg.ttl, cfg.refresh_interval, cfg.renew_deadline) == pytest.approx(
-        (10.0, 10 / 3, 20 / 3)
+    assert (
+        cfg.election.ttl,
+        cfg.election.refresh_interval,
+        cfg.election.renew_deadline,
+    ) == pytest.approx((10.0, 10 / 3, 20 / 3))
+    assert cfg.election.identity == "pod-7"
+    assert (
+        isinstance(cfg.election.retry, FixedIntervalStrategy)
+        and cfg.election.retry.max_retry is None
     )
-    assert cfg.identity == "pod-7"
-    assert isinstance(cfg.retry, FixedIntervalStrategy) and cfg.retry.max_retry is None
-    assert (cfg.http_host, cfg.http_port) == ("0.0.0.0", 4040)
-    assert cfg.log_format == "json" and not cfg.exit_on_loss
+    assert (cfg.outputs.http_host, cfg.outputs.http_port) == ("0.0.0.0", 4040)
+    assert cfg.outputs.log_format == "json" and not cfg.exit_on_loss
 
 
 def test_sentinels_from_flags_or_env() -> None:
     cfg = config(sentinel=["a:26379", "b:26380"], sentinel_master="m", redis_url="")
-    assert cfg.sentinels == [("a", 26379), ("b", 26380)] and cfg.sentinel_master == "m"
+    assert cfg.redis.sentinels == [("a", 26379), ("b", 26380)] and cfg.redis.sentinel_master == "m"
     cfg = config(env={"LEADERD_SENTINELS": "a:1, b:2", "LEADERD_SENTINEL_MASTER": "m",
                       "LEADERD_REDIS_URL": "redis://:pw@/3"})  # fmt: skip
-    assert cfg.sentinels == [("a", 1), ("b", 2)]
+    assert cfg.redis.sentinels == [("a", 1), ("b", 2)]
 
 
 def test_flags_win_over_env() -> None:
     cfg = config(env={"LEADERD_TTL": "30s", "LEADERD_RETRY": "exponential",
                       "LEADERD_RETRY_MAX": "5", "LEADERD_EXIT_ON_LOSS": "true"},
                  ttl="6s", identity="me")  # fmt: skip
-    assert cfg.ttl == 6.0 and cfg.identity == "me" and cfg.exit_on_loss
-    assert isinstance(cfg.retry, NonFixedIntervalStrategy) and cfg.retry.max_retry == 5
+    assert cfg.election.ttl == 6.0 and cfg.election.identity == "me" and cfg.exit_on_loss
+    assert (
+        isinstance(cfg.election.retry, NonFixedIntervalStrategy)
+        and cfg.election.retry.max_retry == 5
+    )
 
 
 @pytest.mark.parametrize(
@@ -102,7 +110,7 @@ def test_flags_win_over_env() -> None:
         ({}, {"election": "ünïcode"}, "--election"),
         ({}, {"identity": "has space"}, "--identity"),
         ({}, {"retry": "random"}, "must be fixed or exponential"),
-        ({}, {"retry_max": "-1"}, "must be >= 0"),
+        ({}, {"retry_max": "-1"}, "whole number >= 0"),
         ({}, {"retry_max": "many"}, "whole number"),
         ({}, {"retry": "exponential", "retry_interval": "5s", "retry_max_interval": "1s"},
          "--retry-max-interval"),
@@ -160,10 +168,10 @@ def test_empty_password_file(tmp_path: Path) -> None:
 
 def test_sentinel_defaults_to_one_replica_ack_unless_set() -> None:
     sentinel = {"sentinel": ["s:26379"], "sentinel_master": "m"}
-    assert config(**sentinel).min_replicas_ack == 1
-    assert config(**sentinel, min_replicas_ack="0").min_replicas_ack == 0  # explicit: kept
-    assert config(env={"LEADERD_MIN_REPLICAS_ACK": "2"}, **sentinel).min_replicas_ack == 2
-    assert config().min_replicas_ack == 0
+    assert config(**sentinel).redis.min_replicas_ack == 1
+    assert config(**sentinel, min_replicas_ack="0").redis.min_replicas_ack == 0  # explicit: kept
+    assert config(env={"LEADERD_MIN_REPLICAS_ACK": "2"}, **sentinel).redis.min_replicas_ack == 2
+    assert config().redis.min_replicas_ack == 0
 
 
 def test_password_is_redacted() -> None:

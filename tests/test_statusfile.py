@@ -42,7 +42,7 @@ def test_a_directory_others_can_write_is_refused_unless_sticky(tmp_path: Path) -
     with pytest.raises(Exception, match=r"writable by other users .* without the sticky bit"):
         config(status_file=str(open_dir / "s.json"))
     open_dir.chmod(0o1777)  # like /tmp: only owners may rename or delete
-    assert config(status_file=str(open_dir / "s.json")).status_file
+    assert config(status_file=str(open_dir / "s.json")).outputs.status_file
     open_dir.chmod(0o777)
     out = subprocess.run(
         leaderd_cmd("run", "--redis-url", "redis://127.0.0.1:1", "--election", "e",
