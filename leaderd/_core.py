@@ -12,14 +12,21 @@ import itertools
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import redis
 from redis.crc import key_slot
 
-from .errors import LockError, MaxRetryError
+from .errors import (
+    FailedToPreemptLockError,
+    LockError,
+    LockNotHeldError,
+    MaxRetryError,
+    NotReplicatedError,
+)
 from .strategy import RetryStrategy
 
 #: Channel prefix on which a release is announced; waiters subscribe to it.
@@ -217,6 +224,11 @@ def is_noscript(exc: BaseException) -> bool:
     )
 
 
+def is_noscript_reply(reply: object) -> bool:
+    """A pipelined reply that says the script is not loaded (EVAL must follow)."""
+    return isinstance(reply, BaseException) and is_noscript(reply)
+
+
 def waiter_channels(key: str, value: str) -> list[str]:
     """A waiter hears releases with nobody queued, and hand-overs to itself."""
     return [release_channel(key), release_channel(key) + "|" + value]
@@ -338,3 +350,139 @@ def auto_refresh_interval(expiration: float, interval: float | None) -> float:
             f"got {interval!r}"
         )
     return float(interval)
+
+
+# -- the acquisition algorithm, without I/O ----------------------------------------------
+# `lock()` in both clients drives the same generator: it yields what to do next (one
+# acquire attempt, start listening for releases, or wait) and is sent the outcome, so
+# the retry, wait and hand-over logic exists once; the clients only do the I/O.
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Make one acquire attempt, queued as a waiter for `wait_ms` (0: not queued)."""
+
+    wait_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Subscribe to release announcements; send back True if the subscription holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait until monotonic `until`, or until a release announcement arrives."""
+
+    until: float
+
+
+LockStep = Attempt | Listen | Sleep
+#: What an attempt yields back: the result, or the transient/failover error it met.
+AttemptOutcome = tuple[AcquireResult | None, Exception | None]
+
+
+def lock_flow(
+    plan: RetryPlan, on_attempt: AttemptHook | None
+) -> Generator[LockStep, Any, tuple[AcquireResult, float]]:
+    """The steps of `lock()`: returns the winning result and when its attempt started.
+
+    Raises `MaxRetryError` (from `plan`) when the strategy gives up.
+    """
+    listening = False
+    while True:
+        started = time.monotonic()
+        outcome: AttemptOutcome = yield Attempt(plan.wait_ms(started))
+        result, error = outcome
+        if on_attempt is not None:
+            on_attempt(result, error)
+        if result is not None and result.acquired:
+            return result, started
+        if plan.failed(started, result, error) and not listening and error is None:
+            listening = True
+            if (yield Listen()):
+                continue  # a release may have slipped in before we listened
+        yield Sleep(plan.wake_at())
+
+
+def classify_attempt_error(exc: Exception) -> Exception:
+    """An error an attempt may meet and `lock()` retries (returned), or re-raise it.
+
+    Transport errors and failover replies (READONLY from a demoted primary, …) are
+    retried; anything else (a key of the wrong type, an ACL refusal) is raised.
+    """
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return exc
+    if isinstance(exc, redis.ResponseError) and is_failover_error(exc):
+        return exc
+    raise exc
+
+
+def won(result: AcquireResult, key: str, fallback_value: str) -> tuple[str, int]:
+    """(stored value, token) of an acquired result; `FailedToPreemptLockError` if not."""
+    if not result.acquired:
+        raise FailedToPreemptLockError(key, result.holder, result.ttl)
+    return result.value or fallback_value, result.token or 0
+
+
+def lock_arguments(
+    key: str, value: str | None, expiration: float, timeout: float | None, embed_token: bool
+) -> tuple[int, str, float | None]:
+    """Validate the arguments shared by `try_lock` and `lock`: (px, value, timeout)."""
+    check_key(key)
+    return check_expiration(expiration), check_value(value, embed_token), check_timeout(timeout)
+
+
+def check_refreshed(ok: object, key: str, operation: str) -> None:
+    """A refresh or release script's reply: `LockNotHeldError` unless it acted."""
+    if not int(ok):  # type: ignore[call-overload]
+        raise LockNotHeldError(key, operation)
+
+
+def check_max_retry(max_retry: int) -> int:
+    if max_retry < 0:
+        raise ValueError(f"max_retry must be >= 0, got {max_retry!r}")
+    return max_retry
+
+
+def refresh_failed(key: str, attempt: int, max_retry: int, exc: BaseException) -> None:
+    """An auto-refresh attempt timed out or could not connect: retry at once, or give up
+    with `MaxRetryError` after `max_retry` retries."""
+    if attempt >= max_retry:
+        raise MaxRetryError(key, attempt + 1, None) from exc
+
+
+# -- one script call, optionally followed by WAIT on the same connection -----------------
+def wait_budget_ms(timeout: float | None) -> int:
+    """WAIT's own timeout: most of the call's budget, minus Redis's timer granularity
+    (its timeouts fire up to ~100 ms late at hz 10), so that it answers in time."""
+    return max(1, round((timeout if timeout is not None else 1.0) * 750) - 120)
+
+
+def script_commands(
+    verb: str, body: str, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
+) -> list[tuple[Any, ...]]:
+    """EVALSHA/EVAL, and WAIT pipelined after it when replicas must acknowledge."""
+    commands: list[tuple[Any, ...]] = [(verb, body, len(keys), *keys, *args)]
+    if wait_ms:
+        commands.append(("WAIT", min_replicas, wait_ms))
+    return commands
+
+
+def script_reply(replies: list[Any], key: str, min_replicas: int, wait_ms: int) -> Any:
+    """The script's reply; its error, or `NotReplicatedError` if too few replicas acked."""
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    if wait_ms:
+        acked = replies[1]
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < min_replicas:
+            raise NotReplicatedError(key, min_replicas, int(acked))
+    return replies[0]
+
+
+def check_min_replicas(min_replicas: int) -> int:
+    if min_replicas < 0:
+        raise ValueError(f"min_replicas must be >= 0, got {min_replicas!r}")
+    return min_replicas

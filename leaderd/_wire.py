@@ -11,6 +11,7 @@ the redis-py version if it ever changes.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -22,6 +23,7 @@ SYNC_METHODS = (
     "connect",
     "disconnect",
     "pack_command",
+    "pack_commands",
     "send_packed_command",
     "can_read",
     "read_response",
@@ -59,6 +61,24 @@ def send(conn: Any, packed: Any) -> None:
         conn.disconnect()
         conn.connect()
         conn.send_packed_command(packed, check_health=False)
+
+
+def roundtrip(conn: Any, commands: list[tuple[Any, ...]], timeout: float | None) -> list[Any]:
+    """Send `commands` in one write and read every reply, all within `timeout`; an
+    error reply is returned in place (the connection stays in sync), not raised."""
+    packed = conn.pack_command(*commands[0]) if len(commands) == 1 else conn.pack_commands(
+        commands
+    )  # fmt: skip
+    send(conn, packed)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Any] = []
+    for _ in commands:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            replies.append(read(conn, left))
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def read(conn: Any, timeout: float | None) -> Any:

@@ -89,15 +89,18 @@ async def _start(
     metrics = Metrics(cfg.election.name)
     observers: list[ElectionObserver] = [
         metrics,
-        LogObserver(log, debug=cfg.outputs.log_level == "debug", hint=lambda e: diagnose(e, target)),
+        LogObserver(
+            log, debug=cfg.outputs.log_level == "debug", hint=lambda e: diagnose(e, target)
+        ),
         stopper,
     ]
     if cfg.redis.password_file:
         observers.append(CredentialReset(cfg.redis.password_file, client, log))
+    e = cfg.election
     elector = Elector(
-        AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), cfg.election.name, cfg.election.identity,
-        ttl=cfg.election.ttl, refresh_interval=cfg.election.refresh_interval, renew_deadline=cfg.election.renew_deadline,
-        retry=cfg.election.retry, observers=observers,
+        AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), e.name, e.identity,
+        ttl=e.ttl, refresh_interval=e.refresh_interval, renew_deadline=e.renew_deadline,
+        retry=e.retry, observers=observers,
     )  # fmt: skip
     elector.on_observer_error = lambda o, hook, exc: log.error(
         "output_failed", output=type(o).__name__, hook=hook, error=error_text(exc)
@@ -108,9 +111,10 @@ async def _start(
     if kube_api is not None:
         from .k8s import KubeObserver
 
-        assert cfg.outputs.pod_name is not None and cfg.outputs.pod_namespace is not None
-        kube = KubeObserver(kube_api, cfg.outputs.pod_name, cfg.outputs.pod_namespace, cfg.outputs.k8s_label,
-                            cfg.outputs.k8s_events, log, metrics.k8s_errors, cfg.election.name)  # fmt: skip
+        out = cfg.outputs
+        assert out.pod_name is not None and out.pod_namespace is not None
+        kube = KubeObserver(kube_api, out.pod_name, out.pod_namespace, out.k8s_label,
+                            out.k8s_events, log, metrics.k8s_errors, e.name)  # fmt: skip
         _attach(elector, kube)
         kube.start()
         stack.push_async_callback(kube.close)
@@ -125,8 +129,8 @@ async def _start(
     _log_start(cfg, log)
     child = None
     if cfg.command:
-        death_grace = (cfg.election.ttl - cfg.election.renew_deadline) * GRACE_SHARE
-        child = ChildRunner(cfg.command, cfg.election.name, cfg.election.identity, elector.clock, log,
+        death_grace = (e.ttl - e.renew_deadline) * GRACE_SHARE
+        child = ChildRunner(cfg.command, e.name, e.identity, elector.clock, log,
                             death_grace=death_grace)  # fmt: skip
     return elector, child
 
@@ -191,7 +195,9 @@ def _watch_primary(cfg: RunConfig, client: Any, log: Any, stack: contextlib.Asyn
         log.warning("redis_primary_changed", old=f"{old[0]}:{old[1]}", new=f"{new[0]}:{new[1]}")
 
     interval = min(cfg.election.refresh_interval / 2, 1.0)
-    watch = asyncio.create_task(follow_primary(client, interval, moved, cfg.election.refresh_interval))
+    watch = asyncio.create_task(
+        follow_primary(client, interval, moved, cfg.election.refresh_interval)
+    )
 
     async def cancel() -> None:
         watch.cancel()
@@ -208,13 +214,14 @@ def _handle_signals(stopper: Stopper, stack: contextlib.AsyncExitStack) -> None:
 
 
 def _log_start(cfg: RunConfig, log: Any) -> None:
+    r, e, out = cfg.redis, cfg.election, cfg.outputs
     log.info(
-        "starting", redis=cfg.redis.redacted_url(),
-        sentinels=[f"{h}:{p}" for h, p in cfg.redis.sentinels] or None, master=cfg.redis.sentinel_master,
-        ttl=round(cfg.election.ttl, 3), refresh_interval=round(cfg.election.refresh_interval, 3),
-        renew_deadline=round(cfg.election.renew_deadline, 3), retry=cfg.election.retry_name,
-        http=f"{cfg.outputs.http_host}:{cfg.outputs.http_port}" if cfg.outputs.http_host is not None else None,
-        status_file=cfg.outputs.status_file, exec=cfg.command[0] if cfg.command else None,
+        "starting", redis=r.redacted_url(),
+        sentinels=[f"{h}:{p}" for h, p in r.sentinels] or None, master=r.sentinel_master,
+        ttl=round(e.ttl, 3), refresh_interval=round(e.refresh_interval, 3),
+        renew_deadline=round(e.renew_deadline, 3), retry=e.retry_name,
+        http=f"{out.http_host}:{out.http_port}" if out.http_host is not None else None,
+        status_file=out.status_file, exec=cfg.command[0] if cfg.command else None,
     )  # fmt: skip
     if cfg.redis.sentinels and not cfg.redis.min_replicas_ack:
         log.warning(

@@ -17,7 +17,7 @@ import redis
 
 from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
-from .errors import FailedToPreemptLockError, LockError, LockNotHeldError, MaxRetryError
+from .errors import LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, RetryStrategy
 
 #: Default for `lock()`: try every 100 ms, forever; release messages wake waiters sooner.
@@ -28,8 +28,12 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 class LockClient:
     """Acquires locks on one Redis (a `redis.Redis`, possibly with decode_responses)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, min_replicas: int = 0) -> None:
+        """`min_replicas` > 0: every acquire and refresh also waits (WAIT, pipelined on
+        the same connection, within the call's timeout) until that many replicas have
+        the write, else it fails with `NotReplicatedError`."""
         self.redis = client
+        self.min_replicas = _core.check_min_replicas(min_replicas)
         # Our own few connections, built from the client's pool settings, so that
         # connecting is bounded by the call's timeout too (a redis-py pool connects
         # inside get_connection(), under its own timeouts and retries).
@@ -71,27 +75,37 @@ class LockClient:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
             return self._eval_client(script, keys, args)
+        wait_ms = 0
+        if self.min_replicas and script is not _core.RELEASE:
+            wait_ms = _core.wait_budget_ms(timeout)
+        return self._pipeline(
+            _core.script_commands("EVALSHA", script.sha, keys, args, self.min_replicas, wait_ms),
+            timeout,
+            lambda replies: _core.script_reply(replies, keys[0], self.min_replicas, wait_ms),
+            _core.script_commands("EVAL", script.source, keys, args, self.min_replicas, wait_ms),
+        )
+
+    def _pipeline(
+        self,
+        commands: list[tuple[Any, ...]],
+        timeout: float | None,
+        reply: Callable[[list[Any]], Any],
+        on_noscript: list[tuple[Any, ...]] | None = None,
+    ) -> Any:
+        """Send `commands` in one write on one of our connections and read every reply
+        within `timeout`; resend `on_noscript` once if the script was not loaded."""
         conn = self._checkout(timeout)
         reusable = False
         try:
-            _wire.send(conn, conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
-            try:
-                reply = _wire.read(conn, timeout)
-            except redis.ResponseError as exc:
-                if not _core.is_noscript(exc):
-                    reusable = True
-                    raise
-                _wire.send(conn, conn.pack_command("EVAL", script.source, len(keys), *keys, *args))
-                reply = _wire.read(conn, timeout)
-            reusable = True
-            return reply
-        except redis.ResponseError:
-            reusable = True  # an error reply leaves the connection in sync
-            raise
+            replies = _wire.roundtrip(conn, commands, timeout)
+            if on_noscript and _core.is_noscript_reply(replies[0]):
+                replies = _wire.roundtrip(conn, on_noscript, timeout)
+            reusable = True  # every reply was read: the connection is in sync
+            return reply(replies)
         finally:
             if reusable:
                 self._checkin(conn)
-            else:  # timed out, cancelled or broken: a reply may still be on its way
+            else:  # timed out or broken: a reply may still be on its way
                 conn.disconnect()
 
     def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
@@ -103,15 +117,9 @@ class LockClient:
             return self.redis.eval(script.source, len(keys), *keys, *args)
 
     def _acquire(
-        self,
-        key: str,
-        value: str,
-        px: int,
-        timeout: float | None,
-        embed_token: bool,
-        wait_ms: int = 0,
+        self, key: str, value: str, px: int, timeout: float | None, embed: bool, wait_ms: int = 0
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed_token, wait_ms)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms)
         try:
             return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -128,15 +136,10 @@ class LockClient:
         embed_token: bool = False,
     ) -> Lock:
         """Acquire `key` in one attempt or raise `FailedToPreemptLockError`."""
-        _core.check_key(key)
-        px = _core.check_expiration(expiration)
-        value = _core.check_value(value, embed_token)
-        timeout = _core.check_timeout(timeout)
+        px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         started = time.monotonic()
-        result = self._acquire(key, value, px, timeout, embed_token)
-        if not result.acquired:
-            raise FailedToPreemptLockError(key, result.holder, result.ttl)
-        return Lock(self, key, result.value or value, expiration, result.token or 0, started)
+        stored, token = _core.won(self._acquire(key, value, px, timeout, embed_token), key, value)
+        return Lock(self, key, stored, expiration, token, started)
 
     def lock(
         self,
@@ -157,38 +160,31 @@ class LockClient:
         Raises `MaxRetryError` when the strategy gives up. `on_attempt(result, error)`
         is called after every attempt (for metrics, or to learn who holds the lock).
         """
-        _core.check_key(key)
-        px = _core.check_expiration(expiration)
-        value = _core.check_value(value, embed_token)
-        timeout = _core.check_timeout(timeout)
+        px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
+        flow = _core.lock_flow(plan, on_attempt)
         waiter: _Waiter | None = None
+        sent: Any = None
         try:
             while True:
-                started = time.monotonic()
-                result: AcquireResult | None = None
-                error: Exception | None = None
                 try:
-                    result = self._acquire(
-                        key, value, px, timeout, embed_token, plan.wait_ms(started)
-                    )
-                except TRANSIENT as exc:
-                    error = exc
-                except redis.ResponseError as exc:
-                    if not _core.is_failover_error(exc):
-                        raise
-                    error = exc  # e.g. READONLY from a demoted primary: retry
-                if on_attempt is not None:
-                    on_attempt(result, error)
-                if result is not None and result.acquired:
-                    return Lock(
-                        self, key, result.value or value, expiration, result.token or 0, started
-                    )
-                if plan.failed(started, result, error) and waiter is None and error is None:
+                    step = flow.send(sent)
+                except StopIteration as done:
+                    result, started = done.value
+                    stored, token = _core.won(result, key, value)
+                    return Lock(self, key, stored, expiration, token, started)
+                if isinstance(step, _core.Attempt):
+                    try:
+                        sent = (self._acquire(key, value, px, timeout, embed_token,
+                                              step.wait_ms), None)  # fmt: skip
+                    except redis.RedisError as exc:
+                        sent = (None, _core.classify_attempt_error(exc))
+                elif isinstance(step, _core.Listen):
                     waiter = _Waiter(self.redis, _core.waiter_channels(key, value), timeout)
-                    if waiter.subscribed:
-                        continue  # a release may have slipped in before we listened
-                self._wait(plan.wake_at(), waiter)
+                    sent = waiter.subscribed
+                else:
+                    self._wait(step.until, waiter)
+                    sent = None
         finally:
             if waiter is not None:
                 waiter.close()
@@ -202,13 +198,26 @@ class LockClient:
         elif left > 0:
             time.sleep(left)
 
-    def get_holder(self, key: str) -> tuple[str | None, float | None]:
+    def get_holder(self, key: str, timeout: float | None = 1.0) -> tuple[str | None, float | None]:
         """The value stored under `key` and its remaining lease in seconds (None if free)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(key)
-        pipe.pttl(key)
-        value, pttl = pipe.execute()
-        return _core.parse_holder(value, pttl)
+        timeout = _core.check_timeout(timeout)
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None or getattr(self.redis, "connection", None) is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            value, pttl = pipe.execute()
+            return _core.parse_holder(value, pttl)
+        return self._pipeline(  # type: ignore[no-any-return]
+            [("GET", key), ("PTTL", key)], timeout, lambda r: _core.parse_holder(*_raise(r))
+        )
+
+
+def _raise(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 class _Waiter:
