@@ -2,7 +2,7 @@
 
 from ._core import AcquireResult
 from ._version import __version__
-from .aio import AsyncLock, AsyncLockClient
+from .aio import AsyncAutoRefresh, AsyncLock, AsyncLockClient
 from .election import Clock, ElectionObserver, Elector, SystemClock, Term
 from .errors import (
     FailedToPreemptLockError,
@@ -16,6 +16,7 @@ from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStra
 
 __all__ = [
     "AcquireResult",
+    "AsyncAutoRefresh",
     "AsyncLock",
     "AsyncLockClient",
     "AutoRefresh",

@@ -486,3 +486,25 @@ def check_min_replicas(min_replicas: int) -> int:
     if min_replicas < 0:
         raise ValueError(f"min_replicas must be >= 0, got {min_replicas!r}")
     return min_replicas
+
+
+# -- refresh and release: arguments and replies, shared by both lock classes -------------
+def refresh_args(lock: LockBase) -> tuple[Script, list[str], list[str]]:
+    return REFRESH, [lock.key], [lock.value, str(lock.px)]
+
+
+def release_call(lock: LockBase) -> tuple[Script, list[str], list[str]]:
+    keys, args = release_args(lock.key, lock.value)
+    return RELEASE, keys, args
+
+
+def refreshed(lock: LockBase, ok: object, started: float) -> None:
+    """Record a refresh's reply: proved from `started`, or `LockNotHeldError`."""
+    check_refreshed(ok, lock.key, "refresh")
+    lock._proved(started)
+
+
+def released(lock: LockBase, ok: object) -> None:
+    """Record a release's reply: never valid again; `LockNotHeldError` if not ours."""
+    lock.valid_until = float("-inf")
+    check_refreshed(ok, lock.key, "unlock")

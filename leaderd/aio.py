@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any
 
@@ -18,11 +19,7 @@ import redis.asyncio
 from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import (
-    FailedToPreemptLockError,
     LockError,
-    LockNotHeldError,
-    MaxRetryError,
-    NotReplicatedError,
 )
 from .lock import DEFAULT_RETRY, TRANSIENT
 from .strategy import RetryStrategy
@@ -35,10 +32,8 @@ class AsyncLockClient:
         """`min_replicas` > 0: every acquire and refresh also waits (WAIT, pipelined on
         the same connection, within the call's timeout) until that many replicas have
         the write, else it fails with `NotReplicatedError`."""
-        if min_replicas < 0:
-            raise ValueError(f"min_replicas must be >= 0, got {min_replicas!r}")
         self.redis = client
-        self.min_replicas = min_replicas
+        self.min_replicas = _core.check_min_replicas(min_replicas)
 
     # -- I/O -------------------------------------------------------------------------
     async def _eval(
@@ -52,9 +47,7 @@ class AsyncLockClient:
         """
         wait_ms = 0
         if self.min_replicas and script is not _core.RELEASE:
-            # WAIT gets most of the budget, minus Redis's timer granularity (its
-            # timeouts fire up to ~100 ms late at hz 10), so it answers in time.
-            wait_ms = max(1, round((timeout if timeout is not None else 1.0) * 750) - 120)
+            wait_ms = _core.wait_budget_ms(timeout)
         call = asyncio.ensure_future(self._eval_unbounded(script, keys, args, wait_ms))
         call.add_done_callback(_retrieve)
         try:
@@ -82,17 +75,9 @@ class AsyncLockClient:
         conn = await pool.get_connection()
         try:
             replies = await self._roundtrip(conn, "EVALSHA", script.sha, keys, args, wait_ms)
-            if isinstance(replies[0], redis.ResponseError) and _core.is_noscript(replies[0]):
+            if _core.is_noscript_reply(replies[0]):
                 replies = await self._roundtrip(conn, "EVAL", script.source, keys, args, wait_ms)
-            if isinstance(replies[0], Exception):
-                raise replies[0]
-            if wait_ms:
-                acked = replies[1]
-                if isinstance(acked, Exception):
-                    raise acked
-                if int(acked) < self.min_replicas:
-                    raise NotReplicatedError(keys[0], self.min_replicas, int(acked))
-            return replies[0]
+            return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
         except redis.ResponseError:
             raise
         except BaseException:
@@ -107,22 +92,14 @@ class AsyncLockClient:
         self, conn: Any, verb: str, body: str, keys: list[str], args: list[str], wait_ms: int
     ) -> list[Any]:
         """Send the script call (and WAIT, pipelined) and read every reply."""
-        commands: list[tuple[Any, ...]] = [(verb, body, len(keys), *keys, *args)]
-        if wait_ms:
-            commands.append(("WAIT", self.min_replicas, wait_ms))
+        commands = _core.script_commands(verb, body, keys, args, self.min_replicas, wait_ms)
         await _wire.asend(conn, commands)
         return await _wire.aread_all(conn, len(commands))
 
     async def _acquire(
-        self,
-        key: str,
-        value: str,
-        px: int,
-        timeout: float | None,
-        embed_token: bool,
-        wait_ms: int = 0,
+        self, key: str, value: str, px: int, timeout: float | None, embed: bool, wait_ms: int = 0
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed_token, wait_ms)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms)
         try:
             return _core.parse_acquire(await self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -141,15 +118,11 @@ class AsyncLockClient:
         embed_token: bool = False,
     ) -> AsyncLock:
         """Acquire `key` in one attempt or raise `FailedToPreemptLockError`."""
-        _core.check_key(key)
-        px = _core.check_expiration(expiration)
-        value = _core.check_value(value, embed_token)
-        timeout = _core.check_timeout(timeout)
+        px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         started = time.monotonic()
         result = await self._acquire(key, value, px, timeout, embed_token)
-        if not result.acquired:
-            raise FailedToPreemptLockError(key, result.holder, result.ttl)
-        return AsyncLock(self, key, result.value or value, expiration, result.token or 0, started)
+        stored, token = _core.won(result, key, value)
+        return AsyncLock(self, key, stored, expiration, token, started)
 
     async def lock(
         self,
@@ -163,40 +136,33 @@ class AsyncLockClient:
         on_attempt: AttemptHook | None = None,
     ) -> AsyncLock:
         """Acquire `key`, retrying under `retry`; see `LockClient.lock` for the semantics."""
-        _core.check_key(key)
-        px = _core.check_expiration(expiration)
-        value = _core.check_value(value, embed_token)
-        timeout = _core.check_timeout(timeout)
+        px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
+        flow = _core.lock_flow(plan, on_attempt)
         waiter: _AsyncWaiter | None = None
+        sent: Any = None
         try:
             while True:
-                started = time.monotonic()
-                result: AcquireResult | None = None
-                error: Exception | None = None
                 try:
-                    result = await self._acquire(
-                        key, value, px, timeout, embed_token, plan.wait_ms(started)
-                    )
-                except TRANSIENT as exc:
-                    error = exc
-                except redis.ResponseError as exc:
-                    if not _core.is_failover_error(exc):
-                        raise
-                    error = exc  # e.g. READONLY from a demoted primary: retry
-                if on_attempt is not None:
-                    on_attempt(result, error)
-                if result is not None and result.acquired:
-                    return AsyncLock(
-                        self, key, result.value or value, expiration, result.token or 0, started
-                    )
-                if plan.failed(started, result, error) and waiter is None and error is None:
-                    waiter = await _AsyncWaiter.start(
-                        self.redis, _core.waiter_channels(key, value), timeout
-                    )
-                    if waiter.subscribed:
-                        continue  # a release may have slipped in before we listened
-                await self._wait(plan.wake_at(), waiter)
+                    step = flow.send(sent)
+                except StopIteration as done:
+                    result, started = done.value
+                    stored, token = _core.won(result, key, value)
+                    return AsyncLock(self, key, stored, expiration, token, started)
+                if isinstance(step, _core.Attempt):
+                    try:
+                        result = await self._acquire(key, value, px, timeout, embed_token,
+                                                     step.wait_ms)  # fmt: skip
+                        sent = (result, None)
+                    except redis.RedisError as exc:
+                        sent = (None, _core.classify_attempt_error(exc))
+                elif isinstance(step, _core.Listen):
+                    channels = _core.waiter_channels(key, value)
+                    waiter = await _AsyncWaiter.start(self.redis, channels, timeout)
+                    sent = waiter.subscribed
+                else:
+                    await self._wait(step.until, waiter)
+                    sent = None
         finally:
             if waiter is not None:
                 await waiter.close()
@@ -334,62 +300,42 @@ class AsyncLock(LockBase):
     async def refresh(self, timeout: float | None = 1.0) -> None:
         """Extend the lease to `expiration` again; `LockNotHeldError` if it is not ours."""
         started = time.monotonic()
-        timeout = _core.check_timeout(timeout)
-        try:
-            ok = await self._client._eval(
-                _core.REFRESH, [self.key], [self.value, str(self.px)], timeout
-            )
-        except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, self.key) from exc
-        except TimeoutError as exc:
-            raise redis.TimeoutError(f"refresh of {self.key!r} timed out after {timeout}s") from exc
-        if not int(ok):
-            raise LockNotHeldError(self.key, "refresh")
-        self._proved(started)
+        _core.refreshed(self, await self._call(_core.refresh_args(self), timeout), started)
 
     async def unlock(self, timeout: float | None = 1.0) -> None:
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
+        _core.released(self, await self._call(_core.release_call(self), timeout))
+
+    async def _call(self, call: tuple[Script, list[str], list[str]], timeout: float | None) -> Any:
+        script, keys, args = call
         timeout = _core.check_timeout(timeout)
         try:
-            keys, args = _core.release_args(self.key, self.value)
-            ok = await self._client._eval(_core.RELEASE, keys, args, timeout)
+            return await self._client._eval(script, keys, args, timeout)
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, self.key) from exc
         except TimeoutError as exc:
-            raise redis.TimeoutError(f"unlock of {self.key!r} timed out after {timeout}s") from exc
-        self.valid_until = float("-inf")
-        if not int(ok):
-            raise LockNotHeldError(self.key, "unlock")
+            verb = "refresh" if script is _core.REFRESH else "unlock"
+            raise redis.TimeoutError(f"{verb} of {self.key!r} timed out after {timeout}s") from exc
 
     def is_valid(self) -> bool:
         """True while the last proof of ownership is younger than the expiration."""
         return time.monotonic() < self.valid_until
 
     def auto_refresh(
-        self, interval: float | None = None, timeout: float | None = 1.0, max_retry: int = 3
-    ) -> asyncio.Task[None]:
-        """Refresh every `interval` (default expiration/3) until the task is cancelled.
+        self,
+        interval: float | None = None,
+        timeout: float | None = 1.0,
+        max_retry: int = 3,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> AsyncAutoRefresh:
+        """Refresh every `interval` (default expiration/3) in a task, until stopped.
 
         A refresh that times out (or cannot connect) is retried at once up to
-        `max_retry` times; the task ends with `LockNotHeldError` or `MaxRetryError`.
+        `max_retry` times; a lost lock or exhausted retries end it, reported through
+        the handle's `error`/`wait()`, `on_failure`, and by awaiting the handle.
         """
         every = _core.auto_refresh_interval(self.expiration, interval)
-        if max_retry < 0:
-            raise ValueError(f"max_retry must be >= 0, got {max_retry!r}")
-        return asyncio.create_task(
-            self._auto_refresh(every, timeout, max_retry), name=f"leaderd-refresh:{self.key}"
-        )
-
-    async def _auto_refresh(self, interval: float, timeout: float | None, max_retry: int) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            for attempt in range(max_retry + 1):
-                try:
-                    await self.refresh(timeout)
-                    break
-                except TRANSIENT as exc:
-                    if attempt == max_retry:
-                        raise MaxRetryError(self.key, attempt + 1, None) from exc
+        return AsyncAutoRefresh(self, every, timeout, _core.check_max_retry(max_retry), on_failure)
 
     async def __aenter__(self) -> AsyncLock:
         return self
@@ -405,3 +351,72 @@ class AsyncLock(LockBase):
         except LockError:
             if exc is None:
                 raise
+
+
+class AsyncAutoRefresh:
+    """Handle of an asyncio refresher, like the sync `AutoRefresh`: `await stop()`,
+    `await wait()`, `error`, `running`; awaiting the handle raises the failure."""
+
+    def __init__(
+        self,
+        lock: AsyncLock,
+        interval: float,
+        timeout: float | None,
+        max_retry: int,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.lock = lock
+        self.interval = interval
+        self.timeout = timeout
+        self.max_retry = max_retry
+        self.error: BaseException | None = None
+        self._on_failure = on_failure
+        self.task = asyncio.create_task(self._run(), name=f"leaderd-refresh:{lock.key}")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self._refresh_once()
+        except Exception as exc:
+            self.error = exc
+            if self._on_failure is not None:
+                self._on_failure(exc)
+            raise
+
+    async def _refresh_once(self) -> None:
+        for attempt in range(self.max_retry + 1):
+            try:
+                await self.lock.refresh(self.timeout)
+                return
+            except TRANSIENT as exc:
+                _core.refresh_failed(self.lock.key, attempt, self.max_retry, exc)
+
+    @property
+    def running(self) -> bool:
+        return not self.task.done()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the refresher ends; True if it ended (check `error`)."""
+        done, _ = await asyncio.wait({self.task}, timeout=timeout)
+        return bool(done)
+
+    async def stop(self) -> None:
+        """Stop refreshing (the lock is kept until it expires or is unlocked)."""
+        self.task.cancel()
+        await asyncio.wait({self.task})
+
+    def cancel(self) -> bool:
+        return self.task.cancel()
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.task.__await__()
+
+    async def __aenter__(self) -> AsyncAutoRefresh:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -17,7 +17,7 @@ import redis
 
 from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
-from .errors import LockError, LockNotHeldError, MaxRetryError
+from .errors import LockError
 from .strategy import FixedIntervalStrategy, RetryStrategy
 
 #: Default for `lock()`: try every 100 ms, forever; release messages wake waiters sooner.
@@ -290,26 +290,18 @@ class Lock(LockBase):
     def refresh(self, timeout: float | None = 1.0) -> None:
         """Extend the lease to `expiration` again; `LockNotHeldError` if it is not ours."""
         started = time.monotonic()
-        try:
-            ok = self._client._eval(
-                _core.REFRESH, [self.key], [self.value, str(self.px)], _core.check_timeout(timeout)
-            )
-        except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, self.key) from exc
-        if not int(ok):
-            raise LockNotHeldError(self.key, "refresh")
-        self._proved(started)
+        _core.refreshed(self, self._call(_core.refresh_args(self), timeout), started)
 
     def unlock(self, timeout: float | None = 1.0) -> None:
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
+        _core.released(self, self._call(_core.release_call(self), timeout))
+
+    def _call(self, call: tuple[Script, list[str], list[str]], timeout: float | None) -> Any:
+        script, keys, args = call
         try:
-            keys, args = _core.release_args(self.key, self.value)
-            ok = self._client._eval(_core.RELEASE, keys, args, _core.check_timeout(timeout))
+            return self._client._eval(script, keys, args, _core.check_timeout(timeout))
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, self.key) from exc
-        self.valid_until = float("-inf")
-        if not int(ok):
-            raise LockNotHeldError(self.key, "unlock")
 
     def is_valid(self) -> bool:
         """True while the last proof of ownership is younger than the expiration."""
@@ -363,12 +355,10 @@ class AutoRefresh:
         max_retry: int,
         on_failure: Callable[[BaseException], None] | None,
     ) -> None:
-        if max_retry < 0:
-            raise ValueError(f"max_retry must be >= 0, got {max_retry!r}")
         self.lock = lock
         self.interval = interval
         self.timeout = timeout
-        self.max_retry = max_retry
+        self.max_retry = _core.check_max_retry(max_retry)
         self.error: BaseException | None = None
         self._on_failure = on_failure
         self._stop = threading.Event()
@@ -397,8 +387,7 @@ class AutoRefresh:
                 self.lock.refresh(self.timeout)
                 return
             except TRANSIENT as exc:
-                if attempt == self.max_retry:
-                    raise MaxRetryError(self.lock.key, attempt + 1, None) from exc
+                _core.refresh_failed(self.lock.key, attempt, self.max_retry, exc)
 
     @property
     def running(self) -> bool:
