@@ -27,7 +27,12 @@ from .errors import (
     MaxRetryError,
     NotReplicatedError,
 )
-from .strategy import RetryStrategy
+from .strategy import FixedIntervalStrategy, RetryStrategy
+
+#: Default for `lock()`: try every 100 ms, forever; release messages wake waiters sooner.
+DEFAULT_RETRY: RetryStrategy = FixedIntervalStrategy(0.1, max_retry=None)
+#: Errors a call meets when Redis does not answer; `lock()` and auto-refresh retry them.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 #: Channel prefix on which a release is announced; waiters subscribe to it.
 RELEASE_CHANNEL_PREFIX = "leaderd:released:"

@@ -17,11 +17,10 @@ import redis
 import redis.asyncio
 
 from . import _core, _wire
-from ._core import AcquireResult, AttemptHook, LockBase, Script
+from ._core import DEFAULT_RETRY, TRANSIENT, AcquireResult, AttemptHook, LockBase, Script
 from .errors import (
     LockError,
 )
-from .lock import DEFAULT_RETRY, TRANSIENT
 from .strategy import RetryStrategy
 
 

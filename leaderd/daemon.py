@@ -86,17 +86,27 @@ async def _start(
     target = cfg.redis_target(f"leaderd:{cfg.election.name}:{cfg.election.identity}")
     client = async_client(target)
     stack.push_async_callback(client.aclose)
-    metrics = Metrics(cfg.election.name)
+    e, out = cfg.election, cfg.outputs
+    metrics = Metrics(e.name)
+    debug = out.log_level == "debug"
     observers: list[ElectionObserver] = [
         metrics,
-        LogObserver(
-            log, debug=cfg.outputs.log_level == "debug", hint=lambda e: diagnose(e, target)
-        ),
+        LogObserver(log, debug=debug, hint=lambda error: diagnose(error, target)),
         stopper,
     ]
     if cfg.redis.password_file:
         observers.append(CredentialReset(cfg.redis.password_file, client, log))
-    e = cfg.election
+    kube = None
+    if kube_api is not None:
+        from .k8s import KubeObserver
+
+        assert out.pod_name is not None and out.pod_namespace is not None
+        kube = KubeObserver(kube_api, out.pod_name, out.pod_namespace, out.k8s_label,
+                            out.k8s_events, log, metrics.k8s_errors, e.name)  # fmt: skip
+        observers.append(kube)
+    writer = StatusFileWriter(out.status_file, log) if out.status_file else None
+    if writer is not None:
+        observers.append(writer)
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), e.name, e.identity,
         ttl=e.ttl, refresh_interval=e.refresh_interval, renew_deadline=e.renew_deadline,
@@ -105,24 +115,13 @@ async def _start(
     elector.on_observer_error = lambda o, hook, exc: log.error(
         "output_failed", output=type(o).__name__, hook=hook, error=error_text(exc)
     )
-    if cfg.outputs.http_host is not None:
+    if out.http_host is not None:
         server = await _start_http(cfg, elector, metrics, loop_errors, log)
         stack.push_async_callback(server.close)
-    if kube_api is not None:
-        from .k8s import KubeObserver
-
-        out = cfg.outputs
-        assert out.pod_name is not None and out.pod_namespace is not None
-        kube = KubeObserver(kube_api, out.pod_name, out.pod_namespace, out.k8s_label,
-                            out.k8s_events, log, metrics.k8s_errors, e.name)  # fmt: skip
-        _attach(elector, kube)
-        kube.start()
-        stack.push_async_callback(kube.close)
-    if cfg.outputs.status_file:
-        writer = StatusFileWriter(cfg.outputs.status_file, log)
-        _attach(elector, writer)
-        writer.start()
-        stack.push_async_callback(writer.close)
+    for output in (kube, writer):  # started once the elector exists; closed in reverse
+        if output is not None:
+            output.start()
+            stack.push_async_callback(output.close)
     if cfg.redis.sentinels:
         _watch_primary(cfg, client, log, stack)
     _handle_signals(stopper, stack)
@@ -133,12 +132,6 @@ async def _start(
         child = ChildRunner(cfg.command, e.name, e.identity, elector.clock, log,
                             death_grace=death_grace)  # fmt: skip
     return elector, child
-
-
-def _attach(elector: Elector, observer: ElectionObserver) -> None:
-    """Add an output that needed the elector (or a started resource) to exist first."""
-    observer.bind(elector)
-    elector.observers.append(observer)
 
 
 async def _elect(elector: Elector, child: ChildRunner | None, stopper: Stopper, log: Any) -> int:

@@ -18,11 +18,9 @@ import redis
 from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import LockError
-from .strategy import FixedIntervalStrategy, RetryStrategy
+from .strategy import RetryStrategy
 
-#: Default for `lock()`: try every 100 ms, forever; release messages wake waiters sooner.
-DEFAULT_RETRY: RetryStrategy = FixedIntervalStrategy(0.1, max_retry=None)
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+DEFAULT_RETRY, TRANSIENT = _core.DEFAULT_RETRY, _core.TRANSIENT
 
 
 class LockClient:
