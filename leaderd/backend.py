@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Candidate:
-    """Who contends, and what it publishes with its leadership."""
+    """Who contends, and what it publishes with its leadership: its `address` (where
+    followers and clients reach the leader) and its `priority` among waiters."""
 
     identity: str
+    priority: int = 0
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Holder:
     identity: str
     token: int | None = None
     foreign: bool = False
+    address: str | None = None
 
 
 @dataclass

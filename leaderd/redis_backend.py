@@ -49,11 +49,23 @@ def parse_holder(value: str) -> Holder:
         except (ValueError, RecursionError):
             data = None
     if isinstance(data, dict):
-        identity, token = data.get("identity"), data.get("token")
+        identity, token, address = data.get("identity"), data.get("token"), data.get("address")
         if isinstance(identity, str) and identity:
             ok_token = isinstance(token, int) and not isinstance(token, bool) and token > 0
-            return Holder(display(identity), token if ok_token else None, False)
+            shown_address = display(address) if isinstance(address, str) else None
+            return Holder(display(identity), token if ok_token else None, False, shown_address)
     return Holder(display(value), None, True)
+
+
+def candidate_value(candidate: Candidate) -> str:
+    """The JSON a candidate stores as the lock's value (the acquire script appends the
+    fencing token): identity, a nonce that makes it unique, and what it publishes."""
+    data: dict[str, Any] = {"identity": candidate.identity, "nonce": secrets.token_hex(8)}
+    if candidate.priority:
+        data["priority"] = candidate.priority
+    if candidate.address is not None:
+        data["address"] = candidate.address
+    return json.dumps(data, separators=(",", ":"))
 
 
 def holder_identity(value: str | None) -> str | None:
@@ -93,9 +105,7 @@ class RedisBackend:
         retry: RetryStrategy,
         on_attempt: Callable[[Attempt], None],
     ) -> Lease:
-        value = json.dumps(
-            {"identity": candidate.identity, "nonce": secrets.token_hex(8)}, separators=(",", ":")
-        )
+        value = candidate_value(candidate)
 
         def attempted(result: AcquireResult | None, error: Exception | None) -> None:
             if result is None:

@@ -92,3 +92,15 @@ def test_library_errors_bound_a_hostile_holder(r: redis.Redis) -> None:
     with pytest.raises(leaderd.FailedToPreemptLockError) as err:
         client.try_lock("jobs")
     assert len(str(err.value)) < 400 and "\x1b" not in str(err.value)
+
+
+def test_candidate_values_round_trip_and_bound_what_they_publish() -> None:
+    from leaderd.backend import Candidate
+    from leaderd.redis_backend import candidate_value
+
+    value = candidate_value(Candidate("pod-a", priority=5, address="10.0.0.7:8080"))
+    holder = parse_holder(value[:-1] + ',"token":42}')  # as the acquire script stores it
+    assert (holder.identity, holder.token, holder.address) == ("pod-a", 42, "10.0.0.7:8080")
+    assert not holder.foreign
+    odd = parse_holder('{"identity":"a","token":1,"address":"\\u001b[2J' + "x" * 999 + '"}')
+    assert odd.address is not None and odd.address.isprintable() and len(odd.address) <= 254
