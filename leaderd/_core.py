@@ -320,9 +320,14 @@ def map_response_error(exc: redis.ResponseError, key: str) -> Exception:
 class LockBase:
     """State shared by sync and async lock objects; no I/O here."""
 
-    __slots__ = ("acquired_at", "expiration", "fencing_token", "key", "valid_until", "value")
+    __slots__ = (
+        "_client", "acquired_at", "expiration", "fencing_token", "key", "valid_until", "value"
+    )  # fmt: skip
 
-    def __init__(self, key: str, value: str, expiration: float, token: int, started: float) -> None:
+    def __init__(
+        self, client: Any, key: str, value: str, expiration: float, token: int, started: float
+    ) -> None:
+        self._client = client  #: the LockClient or AsyncLockClient that acquired it
         self.key = key
         self.value = value  #: the exact value stored in Redis for this lock
         self.expiration = expiration  #: lease length in seconds, reused by refresh
@@ -338,6 +343,10 @@ class LockBase:
 
     def _proved(self, started: float) -> None:
         self.valid_until = started + self.expiration
+
+    def is_valid(self) -> bool:
+        """True while the last proof of ownership is younger than the expiration."""
+        return time.monotonic() < self.valid_until
 
     def __repr__(self) -> str:
         return (
@@ -513,3 +522,27 @@ def released(lock: LockBase, ok: object) -> None:
     """Record a release's reply: never valid again; `LockNotHeldError` if not ours."""
     lock.valid_until = float("-inf")
     check_refreshed(ok, lock.key, "unlock")
+
+
+class RefresherBase:
+    """Settings and outcome of an auto-refresher; the sync and asyncio ones add the loop."""
+
+    def __init__(
+        self,
+        lock: LockBase,
+        interval: float,
+        timeout: float | None,
+        max_retry: int,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.lock = lock
+        self.interval = interval
+        self.timeout = timeout
+        self.max_retry = check_max_retry(max_retry)
+        self.error: BaseException | None = None
+        self._on_failure = on_failure
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        if self._on_failure is not None:
+            self._on_failure(exc)

@@ -282,19 +282,8 @@ class _AsyncWaiter:
 class AsyncLock(LockBase):
     """A held lock. `async with` releases it on exit."""
 
-    __slots__ = ("_client",)
-
-    def __init__(
-        self,
-        client: AsyncLockClient,
-        key: str,
-        value: str,
-        expiration: float,
-        token: int,
-        started: float,
-    ) -> None:
-        super().__init__(key, value, expiration, token, started)
-        self._client = client
+    __slots__ = ()
+    _client: AsyncLockClient
 
     async def refresh(self, timeout: float | None = 1.0) -> None:
         """Extend the lease to `expiration` again; `LockNotHeldError` if it is not ours."""
@@ -316,10 +305,6 @@ class AsyncLock(LockBase):
             verb = "refresh" if script is _core.REFRESH else "unlock"
             raise redis.TimeoutError(f"{verb} of {self.key!r} timed out after {timeout}s") from exc
 
-    def is_valid(self) -> bool:
-        """True while the last proof of ownership is younger than the expiration."""
-        return time.monotonic() < self.valid_until
-
     def auto_refresh(
         self,
         interval: float | None = None,
@@ -334,7 +319,7 @@ class AsyncLock(LockBase):
         the handle's `error`/`wait()`, `on_failure`, and by awaiting the handle.
         """
         every = _core.auto_refresh_interval(self.expiration, interval)
-        return AsyncAutoRefresh(self, every, timeout, _core.check_max_retry(max_retry), on_failure)
+        return AsyncAutoRefresh(self, every, timeout, max_retry, on_failure)
 
     async def __aenter__(self) -> AsyncLock:
         return self
@@ -352,7 +337,7 @@ class AsyncLock(LockBase):
                 raise
 
 
-class AsyncAutoRefresh:
+class AsyncAutoRefresh(_core.RefresherBase):
     """Handle of an asyncio refresher, like the sync `AutoRefresh`: `await stop()`,
     `await wait()`, `error`, `running`; awaiting the handle raises the failure."""
 
@@ -364,12 +349,8 @@ class AsyncAutoRefresh:
         max_retry: int,
         on_failure: Callable[[BaseException], None] | None,
     ) -> None:
-        self.lock = lock
-        self.interval = interval
-        self.timeout = timeout
-        self.max_retry = max_retry
-        self.error: BaseException | None = None
-        self._on_failure = on_failure
+        super().__init__(lock, interval, timeout, max_retry, on_failure)
+        self.lock: AsyncLock = lock
         self.task = asyncio.create_task(self._run(), name=f"leaderd-refresh:{lock.key}")
 
     async def _run(self) -> None:
@@ -378,9 +359,7 @@ class AsyncAutoRefresh:
                 await asyncio.sleep(self.interval)
                 await self._refresh_once()
         except Exception as exc:
-            self.error = exc
-            if self._on_failure is not None:
-                self._on_failure(exc)
+            self._failed(exc)
             raise
 
     async def _refresh_once(self) -> None:

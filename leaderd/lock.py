@@ -271,19 +271,8 @@ class _Waiter:
 class Lock(LockBase):
     """A held lock. Use as a context manager to release it on exit."""
 
-    __slots__ = ("_client",)
-
-    def __init__(
-        self,
-        client: LockClient,
-        key: str,
-        value: str,
-        expiration: float,
-        token: int,
-        started: float,
-    ) -> None:
-        super().__init__(key, value, expiration, token, started)
-        self._client = client
+    __slots__ = ()
+    _client: LockClient
 
     def refresh(self, timeout: float | None = 1.0) -> None:
         """Extend the lease to `expiration` again; `LockNotHeldError` if it is not ours."""
@@ -300,10 +289,6 @@ class Lock(LockBase):
             return self._client._eval(script, keys, args, _core.check_timeout(timeout))
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, self.key) from exc
-
-    def is_valid(self) -> bool:
-        """True while the last proof of ownership is younger than the expiration."""
-        return time.monotonic() < self.valid_until
 
     def auto_refresh(
         self,
@@ -342,7 +327,7 @@ class Lock(LockBase):
                 raise
 
 
-class AutoRefresh:
+class AutoRefresh(_core.RefresherBase):
     """Handle of a background refresher: `stop()` it, or `wait()` for its failure."""
 
     def __init__(
@@ -353,12 +338,8 @@ class AutoRefresh:
         max_retry: int,
         on_failure: Callable[[BaseException], None] | None,
     ) -> None:
-        self.lock = lock
-        self.interval = interval
-        self.timeout = timeout
-        self.max_retry = _core.check_max_retry(max_retry)
-        self.error: BaseException | None = None
-        self._on_failure = on_failure
+        super().__init__(lock, interval, timeout, max_retry, on_failure)
+        self.lock: Lock = lock
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(
@@ -371,9 +352,7 @@ class AutoRefresh:
             while not self._stop.wait(self.interval):
                 self._refresh_once()
         except BaseException as exc:
-            self.error = exc
-            if self._on_failure is not None:
-                self._on_failure(exc)
+            self._failed(exc)
         finally:
             self._done.set()
 
