@@ -11,6 +11,7 @@ the redis-py version if it ever changes.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -82,14 +83,34 @@ def roundtrip(conn: Any, commands: list[tuple[Any, ...]], timeout: float | None)
 
 
 def read(conn: Any, timeout: float | None) -> Any:
-    """Read one reply, waiting at most `timeout` for it to start arriving.
+    """Read one reply, waiting at most `timeout` for each part of it.
 
-    `can_read` polls the socket with the call's own timeout; the rest of a reply that
-    has started is bounded by the connection's socket timeout.
+    redis-py >= 8 takes the timeout itself (`read_response(timeout=...)`); before
+    that, `can_read` polls the socket with the call's timeout first (one more system
+    call), and the rest of a reply that has started is bounded by the socket timeout.
     """
-    if timeout is not None and not conn.can_read(timeout=timeout):
+    if timeout is None:
+        return conn.read_response()
+    if takes_read_timeout(type(conn)):
+        return conn.read_response(timeout=timeout)
+    if not conn.can_read(timeout=timeout):
         raise redis.TimeoutError(f"Redis did not answer within {timeout}s")
     return conn.read_response()
+
+
+_READ_TIMEOUT: dict[Any, bool] = {}
+
+
+def takes_read_timeout(cls: Any) -> bool:
+    """Whether this connection class's `read_response` accepts `timeout=` (redis-py 8)."""
+    known = _READ_TIMEOUT.get(cls)
+    if known is None:
+        try:
+            known = "timeout" in inspect.signature(cls.read_response).parameters
+        except (TypeError, ValueError):
+            known = False
+        _READ_TIMEOUT[cls] = known
+    return known
 
 
 async def asend(conn: Any, commands: list[tuple[Any, ...]]) -> None:

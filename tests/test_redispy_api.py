@@ -85,3 +85,10 @@ def test_pool_attributes_and_url_parsing() -> None:
         ).parameters.items()
         if p.default is inspect.Parameter.empty
     }, f"{VERSION}: get_connection() needs arguments"
+
+
+def test_read_timeout_is_taken_where_redis_py_offers_it() -> None:
+    """redis-py 8 bounds a read itself; older versions are polled with can_read."""
+    major = int(redis.__version__.split(".")[0])
+    for cls in SYNC_CLASSES:
+        assert _wire.takes_read_timeout(cls) == (major >= 8), (VERSION, cls.__name__)
