@@ -73,15 +73,43 @@ class LockClient:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
             return self._eval_client(script, keys, args)
-        wait_ms = 0
-        if self.min_replicas and script is not _core.RELEASE:
-            wait_ms = _core.wait_budget_ms(timeout)
+        if not self.min_replicas or script is _core.RELEASE:
+            return self._eval_one(script, keys, args, timeout)
+        wait_ms = _core.wait_budget_ms(timeout)
         return self._pipeline(
             _core.script_commands("EVALSHA", script.sha, keys, args, self.min_replicas, wait_ms),
             timeout,
             lambda replies: _core.script_reply(replies, keys[0], self.min_replicas, wait_ms),
             _core.script_commands("EVAL", script.source, keys, args, self.min_replicas, wait_ms),
         )
+
+    def _eval_one(
+        self, script: Script, keys: list[str], args: list[str], timeout: float | None
+    ) -> Any:
+        """The common case, kept lean: one script call, one reply, one round trip."""
+        conn = self._checkout(timeout)
+        reusable = False
+        try:
+            _wire.send(conn, conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+            try:
+                reply = _wire.read(conn, timeout)
+            except redis.ResponseError as exc:
+                reusable = True  # an error reply leaves the connection in sync
+                if not _core.is_noscript(exc):
+                    raise
+                reusable = False
+                _wire.send(conn, conn.pack_command("EVAL", script.source, len(keys), *keys, *args))
+                reply = _wire.read(conn, timeout)
+            reusable = True
+            return reply
+        except redis.ResponseError:
+            reusable = True
+            raise
+        finally:
+            if reusable:
+                self._checkin(conn)
+            else:  # timed out or broken: a reply may still be on its way
+                conn.disconnect()
 
     def _pipeline(
         self,
