@@ -19,7 +19,9 @@ from .config import (
     ConfigError,
     Option,
     add_run_options,
+    build_client_config,
     build_run_config,
+    client_target,
     join_negative_values,
     new_parser,
 )
@@ -55,23 +57,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    ns = argparse.Namespace(**vars(args), http_addr="", identity="leaderd-status")
-    cfg = build_run_config(ns, [])
-    target = cfg.redis_target("leaderd-status")
-    target.socket_timeout = 2.0
-    client = sync_client(target)
-    key = election_key(cfg.election.name)
+    redis_settings, election = build_client_config(args)
+    client = sync_client(client_target(redis_settings, "leaderd-status"))
+    key = election_key(election)
     try:
         pipe = client.pipeline(transaction=False)
         pipe.get(key)
         pipe.pttl(key)
         raw, pttl = pipe.execute()
     except redis.RedisError as exc:
-        raise ConfigError(f"cannot read {key} from {redact_url(cfg.redis.url)}: {exc}") from exc
+        raise ConfigError(
+            f"cannot read {key} from {redact_url(redis_settings.url)}: {exc}"
+        ) from exc
     holder = parse_holder(raw.decode("utf-8", "replace")) if raw is not None else None
     token = holder.token if holder is not None else None
     info = {
-        "election": cfg.election.name,
+        "election": election,
         "key": key,
         "leader": holder.identity if holder is not None else None,
         "foreign_holder": holder.foreign if holder is not None else None,
@@ -81,10 +82,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     elif holder is None:
-        print(f"election {cfg.election.name}: no leader")
+        print(f"election {election}: no leader")
     else:
         print(
-            f"election {cfg.election.name}: leader {info['leader']}  token {token}  "
+            f"election {election}: leader {info['leader']}  token {token}  "
             f"ttl {info['ttl_seconds']}s"
         )
     return 0

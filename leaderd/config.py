@@ -400,6 +400,29 @@ def build_run_config(
                      exit_on_loss=bool(values["exit_on_loss"]))  # fmt: skip
 
 
+def build_client_config(
+    args: argparse.Namespace, env: dict[str, str] | None = None
+) -> tuple[RedisSettings, str]:
+    """Only what a Redis client of an election needs (`leaderd status`): the connection
+    options and the election name; a sidecar's other settings are not checked."""
+    values = _Values(args, dict(os.environ if env is None else env))
+    redis = _redis_settings(values)
+    name = values["election"]
+    if not name:
+        values.fail("election", "is required, e.g. --election my-cron")
+    return redis, name
+
+
+def client_target(redis: RedisSettings, client_name: str) -> RedisTarget:
+    """A `RedisTarget` for a short-lived client (2 s to connect and per reply)."""
+    return RedisTarget(
+        url=redis.url, password_file=redis.password_file, tls=dict(redis.tls),
+        sentinels=list(redis.sentinels), sentinel_master=redis.sentinel_master,
+        cluster=redis.cluster, connect_timeout=2.0, socket_timeout=2.0,
+        client_name=client_name,
+    )  # fmt: skip
+
+
 def _redis_settings(v: _Values) -> RedisSettings:
     sentinels: list[tuple[str, int]] = v["sentinel"] or []
     master = v["sentinel_master"]

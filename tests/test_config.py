@@ -219,3 +219,18 @@ def test_cli_error_in_a_real_process_has_no_traceback() -> None:
                          text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)  # fmt: skip
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and "--redis-url" in out.stderr
+
+
+def test_status_checks_only_what_a_client_needs(tmp_path: Path) -> None:
+    """`leaderd status` run inside a sidecar whose env holds settings of `run` (here a
+    status file in a shared directory, which `run` refuses) still works."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env = {"PATH": "/usr/bin:/bin", "LEADERD_STATUS_FILE": str(shared / "s.json"),
+           "LEADERD_TTL": "not-a-duration"}  # fmt: skip
+    out = subprocess.run(
+        leaderd_cmd("status", "--redis-url", "redis://127.0.0.1:1/0", "--election", "jobs"),
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    assert out.returncode == 1 and "cannot read leaderd:{jobs}" in out.stderr, out.stderr
