@@ -117,6 +117,12 @@ def helper_keys(key: str) -> list[str]:
     return [prefix + ":waiters", prefix + ":waiters:exp", prefix + ":next"]
 
 
+def leave_queue_commands(key: str, value: str) -> list[tuple[str, ...]]:
+    """Remove a waiter's entry from the queue (a waiter that stops waiting early)."""
+    waiters, expiries, _ = helper_keys(key)
+    return [("ZREM", waiters, value), ("ZREM", expiries, value)]
+
+
 def release_channel(key: str) -> str:
     return RELEASE_CHANNEL_PREFIX + key
 

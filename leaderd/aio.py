@@ -175,6 +175,14 @@ class AsyncLockClient:
         if left > 0 and (waiter is None or not waiter.subscribed):
             await asyncio.sleep(max(0.0, wake_at - time.monotonic()))
 
+    async def leave_queue(self, key: str, value: str, timeout: float | None = 1.0) -> None:
+        """Give up a waiter's place in `key`'s queue (a `lock()` call abandoned early)."""
+        async with asyncio.timeout(timeout):
+            pipe = self.redis.pipeline(transaction=False)
+            for command in _core.leave_queue_commands(key, value):
+                pipe.execute_command(*command)
+            await pipe.execute()
+
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
     ) -> tuple[str | None, float | None]:

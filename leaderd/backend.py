@@ -90,6 +90,10 @@ class ElectionBackend(Protocol):
         """The current holder, or None if nobody holds the lease."""
         ...
 
+    async def leave_queue(self, timeout: float) -> None:
+        """Give up this candidate's place among the waiters (it became ineligible)."""
+        ...
+
 
 class BackendDown(ConnectionError):
     """`MemoryBackend`'s simulated transport failure."""
@@ -220,3 +224,6 @@ class MemoryBackend:
         await self._call(timeout)
         held = self.store.current()
         return None if held is None else Holder(held.candidate, held.token)
+
+    async def leave_queue(self, timeout: float) -> None:
+        """Nothing to do: the memory store keeps no queue (waiters poll and are woken)."""

@@ -196,6 +196,15 @@ class Elector:
         #: called once per (observer, hook) whose hook raised; default: stdlib logging
         self.on_observer_error: Callable[[ElectionObserver, str, Exception], Any] | None = None
         self._observer_errors: set[tuple[str, str]] = set()
+        #: False while this candidate must not lead (app unhealthy, resigned, ...)
+        self.eligible = True
+        self.ineligible_reason: str | None = None
+        #: after becoming eligible again, wait this long before campaigning (no flapping)
+        self.campaign_delay = ttl
+        self._eligible_since: float | None = None
+        self._wake = asyncio.Event()
+        #: more fields for status() (e.g. the daemon's `app_healthy`)
+        self.extra_status: dict[str, Any] = {}
         self.role = "starting"
         self.leader: str | None = None
         self.transitions = 0
@@ -220,6 +229,19 @@ class Elector:
         limit = self.ttl if self.term is not None else self.stall_after
         return self.role == "stopped" or self.clock.now() - self._last_progress < limit
 
+    def set_eligible(self, eligible: bool, reason: str | None = None) -> None:
+        """Allow or forbid leading. An ineligible candidate makes no attempts and leaves
+        the waiter queue; an ineligible leader steps down with `reason` and releases.
+        Once eligible again it waits `campaign_delay` before it campaigns."""
+        new_reason = None if eligible else (reason or "ineligible")
+        if eligible == self.eligible and new_reason == self.ineligible_reason:
+            return
+        if eligible and not self.eligible:
+            self._eligible_since = self.clock.now()
+        self.eligible, self.ineligible_reason = eligible, new_reason
+        self._wake.set()
+        self._changed()
+
     def status(self) -> dict[str, Any]:
         """The status JSON of design.md: role, holder, token and validity, evaluated now."""
         now, wall = self.clock.now(), self.clock.wall()
@@ -243,6 +265,9 @@ class Elector:
             ),
             "transitions": self.transitions,
             "updated_at": round(self.updated_at, 3),
+            "eligible": self.eligible,
+            "ineligible_reason": self.ineligible_reason,
+            **self.extra_status,
         }
 
     # -- the loop ------------------------------------------------------------------------
@@ -266,14 +291,14 @@ class Elector:
             self._set_role("stopped")
 
     async def _acquire(self) -> tuple[Lease, Term]:
-        """Follower: attempt under the strategy; wake on release and at lease expiry."""
+        """Follower: attempt under the strategy while eligible; wake on release and at
+        lease expiry."""
         if self.role != "starting":
             self._set_role("follower")
         while True:
+            await self._until_eligible()
             try:
-                lease = await self.backend.acquire(
-                    Candidate(self.identity), self.ttl, self.timeout, self.retry, self._attempted
-                )
+                lease = await self._attempt_while_eligible()
             except MaxRetryError:
                 raise
             except self._retryable as exc:
@@ -282,15 +307,71 @@ class Elector:
                 self._attempted(Attempt("error", error=exc))
                 await self.clock.sleep(self.retry.next_delay(1) or 1.0)
                 continue
+            if lease is None:
+                continue  # became ineligible while waiting
             term = Term(
                 fencing_token=lease.token,
                 started_at=lease.started,
                 deadline=lease.started + self.renew_deadline,
                 lease_expires_at=lease.started + self.ttl,
             )
-            if term.valid(self.clock.now()):
+            if term.valid(self.clock.now()) and self.eligible:
                 return lease, term
             await self._release(lease)  # stalled between proof and now: it proves nothing
+
+    async def _until_eligible(self) -> None:
+        """Wait while ineligible, then for the rest of `campaign_delay`."""
+        while True:
+            while not self.eligible:
+                self._wake.clear()
+                await self._wake.wait()
+            since = self._eligible_since
+            left = 0.0 if since is None else since + self.campaign_delay - self.clock.now()
+            if left <= 0:
+                return
+            self._wake.clear()
+            await self._sleep_or_wake(left)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _attempt_while_eligible(self) -> Lease | None:
+        """The backend's acquire, abandoned (leaving the waiter queue) if this candidate
+        becomes ineligible meanwhile; None then."""
+        candidate = self._candidate()
+        acquiring = asyncio.ensure_future(
+            self.backend.acquire(candidate, self.ttl, self.timeout, self.retry, self._attempted)
+        )
+        try:
+            while not acquiring.done():
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({acquiring, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+                if not self.eligible:
+                    break
+        except BaseException:
+            await _cancel(acquiring)
+            raise
+        if acquiring.done():
+            return acquiring.result()
+        await _cancel(acquiring)
+        if not acquiring.cancelled() and acquiring.exception() is None:
+            await self._release(acquiring.result())  # won just as it became ineligible
+        with contextlib.suppress(*self._retryable):
+            await self.backend.leave_queue(self.timeout)
+        return None
+
+    def _candidate(self) -> Candidate:
+        return Candidate(self.identity)
 
     async def _lead(self, lease: Lease, term: Term, lead: Callable[[Term], Awaitable[Any]]) -> bool:
         """Leader: run `lead` and renew. True if `lead` finished (run() returns)."""
@@ -310,6 +391,14 @@ class Elector:
             await self._release(lease)
             task.result()  # re-raise what `lead` raised
             return True
+        if reason == "ineligible":  # a chosen step-down: stop, tell, then hand over
+            self.term = None
+            await _cancel(task)
+            stepped = self.ineligible_reason or "ineligible"
+            self._end_term(term, stepped)
+            await self._before_release(term, stepped)
+            await self._release(lease)
+            return False
         self.term = None  # readers answer "not leader" from here on
         if reason == "lost":  # someone else holds it already: no grace left
             term.lease_expires_at = min(term.lease_expires_at, self.clock.now())
@@ -326,6 +415,8 @@ class Elector:
             await self._until(min(next_refresh, term.deadline), task)
             if task.done():
                 return "finished"
+            if not self.eligible:
+                return "ineligible"
             started = self.clock.now()
             if started >= term.deadline:
                 return "deadline"
@@ -357,15 +448,19 @@ class Elector:
                 next_refresh = finished + min(self.refresh_interval / 4, 1.0)
 
     async def _until(self, when: float, task: asyncio.Future[Any]) -> None:
-        """Sleep until `when` on the clock, or until `task` finishes."""
+        """Sleep until `when` on the clock, until `task` finishes, or until this
+        candidate becomes ineligible."""
         delay = when - self.clock.now()
-        if delay <= 0 or task.done():
+        if delay <= 0 or task.done() or not self.eligible:
             return
+        self._wake.clear()
         sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait({sleeper, task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, task, waker}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
+            waker.cancel()
 
     async def _before_release(self, term: Term, reason: str) -> None:
         """Let outputs catch up (bounded) while the lease still keeps others out."""

@@ -96,6 +96,7 @@ class RedisBackend:
         self.client = client
         self.key = election_key(election)
         self.clock = clock
+        self._value: str | None = None  # the value of the last acquire (our queue entry)
 
     async def acquire(
         self,
@@ -105,7 +106,7 @@ class RedisBackend:
         retry: RetryStrategy,
         on_attempt: Callable[[Attempt], None],
     ) -> Lease:
-        value = candidate_value(candidate)
+        value = self._value = candidate_value(candidate)
 
         def attempted(result: AcquireResult | None, error: Exception | None) -> None:
             if result is None:
@@ -135,3 +136,7 @@ class RedisBackend:
     async def holder(self, timeout: float) -> Holder | None:
         value, _ = await self.client.get_holder(self.key, timeout=timeout)
         return None if value is None else parse_holder(value)
+
+    async def leave_queue(self, timeout: float) -> None:
+        if self._value is not None:
+            await self.client.leave_queue(self.key, self._value, timeout=timeout)

@@ -227,3 +227,61 @@ async def test_a_spent_strategy_raises_max_retry_error() -> None:
         clock.advance(1.0)
     with pytest.raises(MaxRetryError):
         await asyncio.wait_for(task, 5)
+
+
+async def test_an_ineligible_leader_steps_down_with_its_reason_and_a_waiter_takes_over() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    rec_a = Recorder()
+    a, _ = elector(store, "a", observers=[rec_a])
+    b, _ = elector(store, "b")
+    lead_a, lead_b = Leading(), Leading()
+    ta = asyncio.create_task(a.run(lead_a))
+    await until(lambda: lead_a.running)
+    tb = asyncio.create_task(b.run(lead_b))
+    await until(lambda: b.status()["leader"] == "a")
+    a.set_eligible(False, "app_unhealthy")
+    # No time passes on the clock: the step-down and the hand-over are immediate.
+    await until(lambda: rec_a.count("stopped", "app_unhealthy") == 1)
+    await until(lambda: lead_b.running)
+    assert lead_a.cancelled == 1 and not a.is_leader()
+    status = a.status()
+    assert status["eligible"] is False and status["ineligible_reason"] == "app_unhealthy"
+    await stop(ta, tb)
+
+
+async def test_an_ineligible_candidate_never_campaigns_and_waits_before_it_does_again() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    seen = Seen()
+    e, _ = elector(store, "a", observers=[seen])
+    e.set_eligible(False, "app_unhealthy")  # e.g. its app has not started yet
+    lead = Leading()
+    task = asyncio.create_task(e.run(lead))
+    for _ in range(30):
+        clock.advance(1.0)
+        await asyncio.sleep(0)
+    assert seen.attempts == [] and store.current() is None and not lead.running
+    e.set_eligible(True)
+    clock.advance(e.campaign_delay - 0.5)
+    await asyncio.sleep(0.01)
+    assert not lead.running  # no flapping: it waits campaign_delay (the ttl) first
+    clock.advance(0.5)
+    await until(lambda: lead.running)
+    await stop(task)
+
+
+async def test_a_waiter_that_becomes_ineligible_stops_waiting_at_once() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    store.take_over("other", ttl=5.0)
+    seen = Seen()
+    e, _ = elector(store, "a", observers=[seen], retry=FixedIntervalStrategy(60.0, None))
+    task = asyncio.create_task(e.run(Leading()))
+    await until(lambda: seen.attempts == ["held"])
+    e.set_eligible(False, "resigned")
+    await asyncio.sleep(0.01)
+    clock.advance(6.0)  # the lease expires: an eligible waiter would take it now
+    await asyncio.sleep(0.01)
+    assert seen.attempts == ["held"] and store.current() is None
+    await stop(task)
