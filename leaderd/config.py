@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from .apphealth import HealthCheck, check_health_url
 from .connection import (
     PasswordFile,
     RedisTarget,
@@ -153,6 +154,16 @@ def _http_addr(text: str) -> tuple[str, int] | None:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _health_url(text: str) -> str | None:
+    url = text.strip()
+    if not url:
+        return None
+    problem = check_health_url(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
 def _readable(text: str) -> str | None:
     path = text.strip()
     if path and (not os.path.isfile(path) or not os.access(path, os.R_OK)):
@@ -258,6 +269,20 @@ RUN_OPTIONS = [
     Option("--retry-max", "LEADERD_RETRY_MAX", "0",
            "give up after this many failed attempts, exit 4 (0: forever)",
            _whole(0, 10**9, "must be a whole number >= 0 (0: retry forever)")),
+    Option("--app-health-url", "LEADERD_APP_HEALTH_URL", None,
+           "the workload's health: http(s):// URL (GET, any 2xx is healthy) or tcp://HOST:PORT "
+           "(a connect is healthy); while unhealthy this candidate does not lead",
+           _health_url),
+    Option("--app-health-interval", "LEADERD_APP_HEALTH_INTERVAL", "2s",
+           "time between app-health checks", _duration(0.05, "must be at least 50ms")),
+    Option("--app-health-timeout", "LEADERD_APP_HEALTH_TIMEOUT", "1s",
+           "bound of one app-health check", _duration(0.01, "must be at least 10ms")),
+    Option("--app-health-failures", "LEADERD_APP_HEALTH_FAILURES", "3",
+           "consecutive failed checks that make the app unhealthy",
+           _whole(1, 100, "must be a whole number from 1 to 100")),
+    Option("--app-health-successes", "LEADERD_APP_HEALTH_SUCCESSES", "1",
+           "consecutive passed checks that make the app healthy again",
+           _whole(1, 100, "must be a whole number from 1 to 100")),
     Option("--http-addr", "LEADERD_HTTP_ADDR", "0.0.0.0:4040",
            "health, status and metrics server (empty: off)", _http_addr),
     Option("--status-file", "LEADERD_STATUS_FILE", None,
@@ -339,6 +364,7 @@ class RunConfig:
     outputs: OutputSettings
     command: list[str] = field(default_factory=list)
     exit_on_loss: bool = False
+    app_health: HealthCheck | None = None
 
     def redis_target(self, client_name: str | None = None) -> RedisTarget:
         """Where and how to connect to Redis, for `leaderd.connection`."""
@@ -397,7 +423,20 @@ def build_run_config(
     election = _election_settings(values)
     outputs = _output_settings(values)
     return RunConfig(redis, election, outputs, command=command,
-                     exit_on_loss=bool(values["exit_on_loss"]))  # fmt: skip
+                     exit_on_loss=bool(values["exit_on_loss"]),
+                     app_health=_app_health(values))  # fmt: skip
+
+
+def _app_health(v: _Values) -> HealthCheck | None:
+    url = v["app_health_url"]
+    if url is None:
+        return None
+    interval, timeout = v["app_health_interval"], v["app_health_timeout"]
+    if timeout > interval:
+        v.fail("app_health_timeout", f"must not exceed --app-health-interval ({interval:g}s)",
+               v.raw("app_health_timeout")[0])  # fmt: skip
+    return HealthCheck(url, interval, timeout, v["app_health_failures"],
+                       v["app_health_successes"])  # fmt: skip
 
 
 def build_client_config(

@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from .aio import AsyncLockClient
+from .apphealth import AppHealth
 from .child import GRACE_SHARE, ChildRunner
 from .config import RunConfig
 from .connection import async_client, diagnose, follow_primary
@@ -122,6 +123,7 @@ async def _start(
         if output is not None:
             output.start()
             stack.push_async_callback(output.close)
+    _check_app_health(cfg, elector, log, stack)
     if cfg.redis.sentinels:
         _watch_primary(cfg, client, log, stack)
     _handle_signals(stopper, stack)
@@ -152,6 +154,30 @@ async def _elect(elector: Elector, child: ChildRunner | None, stopper: Stopper, 
     except Exception as exc:  # a bug: report it as one structured line, not a bare trace
         log.error("failed", error=error_text(exc), exc_info=True)
         return EXIT_CONFIG
+
+
+def _check_app_health(
+    cfg: RunConfig, elector: Elector, log: Any, stack: contextlib.AsyncExitStack
+) -> None:
+    """With --app-health-url, this candidate leads only while its workload is healthy:
+    unhealthy until the first passed check, then as the thresholds say."""
+    elector.extra_status["app_healthy"] = None
+    if cfg.app_health is None:
+        return
+
+    def changed(healthy: bool) -> None:
+        elector.extra_status["app_healthy"] = healthy
+        if healthy:
+            log.info("app_healthy", url=checker.check.url)
+        else:
+            log.warning("app_unhealthy", url=checker.check.url, error=checker.last_error)
+        elector.set_eligible(healthy, "app_unhealthy")
+
+    checker = AppHealth(cfg.app_health, changed)
+    elector.extra_status["app_healthy"] = False
+    elector.set_eligible(False, "app_unhealthy")  # until the first passed check
+    checker.start()
+    stack.push_async_callback(checker.close)
 
 
 def _load_kube_api(cfg: RunConfig, log: Any) -> Any:

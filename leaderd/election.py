@@ -202,6 +202,7 @@ class Elector:
         #: after becoming eligible again, wait this long before campaigning (no flapping)
         self.campaign_delay = ttl
         self._eligible_since: float | None = None
+        self._campaigned = False
         self._wake = asyncio.Event()
         #: more fields for status() (e.g. the daemon's `app_healthy`)
         self.extra_status: dict[str, Any] = {}
@@ -226,6 +227,8 @@ class Elector:
 
     def healthy(self) -> bool:
         """False if the loop is wedged: no attempt or refresh completed for too long."""
+        if self.term is None and not self.eligible:
+            return True  # waiting on purpose (app unhealthy, resigned): not wedged
         limit = self.ttl if self.term is not None else self.stall_after
         return self.role == "stopped" or self.clock.now() - self._last_progress < limit
 
@@ -236,9 +239,10 @@ class Elector:
         new_reason = None if eligible else (reason or "ineligible")
         if eligible == self.eligible and new_reason == self.ineligible_reason:
             return
-        if eligible and not self.eligible:
-            self._eligible_since = self.clock.now()
+        if eligible and not self.eligible and self._campaigned:
+            self._eligible_since = self.clock.now()  # the delay is for flapping, not start
         self.eligible, self.ineligible_reason = eligible, new_reason
+        self._last_progress = self.clock.now()  # waiting on purpose is not being wedged
         self._wake.set()
         self._changed()
 
@@ -321,6 +325,8 @@ class Elector:
 
     async def _until_eligible(self) -> None:
         """Wait while ineligible, then for the rest of `campaign_delay`."""
+        if not self.eligible and self.role == "starting":
+            self._set_role("follower")  # it will not campaign: it is a follower now
         while True:
             while not self.eligible:
                 self._wake.clear()
@@ -345,6 +351,7 @@ class Elector:
         """The backend's acquire, abandoned (leaving the waiter queue) if this candidate
         becomes ineligible meanwhile; None then."""
         candidate = self._candidate()
+        self._campaigned = True
         acquiring = asyncio.ensure_future(
             self.backend.acquire(candidate, self.ttl, self.timeout, self.retry, self._attempted)
         )

@@ -47,6 +47,12 @@ class Metrics(ElectionObserver):
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         ).labels(label)
+        self.eligible = Gauge(
+            "leaderd_eligible",
+            "1 if this candidate may lead now (its app is healthy, it has not resigned)",
+            names,
+            registry=r,
+        )
         self.remaining = Gauge(
             "leaderd_lease_remaining_seconds",
             "Seconds this leadership stays valid without another refresh (0 if not leader)",
@@ -78,6 +84,7 @@ class Metrics(ElectionObserver):
 
         self.is_leader.labels(self.label).set_function(lambda: float(elector.is_leader()))
         self.remaining.labels(self.label).set_function(lease_remaining)
+        self.eligible.labels(self.label).set_function(lambda: float(elector.eligible))
 
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
         self.attempts[outcome].inc()

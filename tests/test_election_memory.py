@@ -262,12 +262,16 @@ async def test_an_ineligible_candidate_never_campaigns_and_waits_before_it_does_
         clock.advance(1.0)
         await asyncio.sleep(0)
     assert seen.attempts == [] and store.current() is None and not lead.running
-    e.set_eligible(True)
+    e.set_eligible(True)  # its app is up: it campaigns at once (no delay at start)
+    await until(lambda: lead.running)
+    e.set_eligible(False, "app_unhealthy")  # it flaps: down ...
+    await until(lambda: not lead.running and store.current() is None)
+    e.set_eligible(True)  # ... and up again
     clock.advance(e.campaign_delay - 0.5)
     await asyncio.sleep(0.01)
-    assert not lead.running  # no flapping: it waits campaign_delay (the ttl) first
+    assert len(lead.terms) == 1  # no flapping: it waits campaign_delay (the ttl) first
     clock.advance(0.5)
-    await until(lambda: lead.running)
+    await until(lambda: len(lead.terms) == 2 and lead.running)
     await stop(task)
 
 
