@@ -168,12 +168,27 @@ def check_value(value: str | None, embed_token: bool) -> str:
 HANDOFF_SECONDS = 0.05
 
 
+#: Waiter priorities: the queue serves the highest first (FIFO among equals).
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+def check_priority(priority: int) -> int:
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (MIN_PRIORITY <= priority <= MAX_PRIORITY)
+    ):
+        raise ValueError(f"priority must be a whole number from -100 to 100, got {priority!r}")
+    return priority
+
+
 def acquire_args(
-    key: str, value: str, px: int, embed_token: bool, wait_ms: int = 0
+    key: str, value: str, px: int, embed_token: bool, wait_ms: int = 0, priority: int = 0
 ) -> tuple[list[str], list[str]]:
-    """Keys and args of the acquire script; `wait_ms` > 0 queues a waiting caller."""
+    """Keys and args of the acquire script; `wait_ms` > 0 queues a waiting caller with
+    `priority` (highest served first)."""
     keys = [key, fence_key(key), *helper_keys(key)]
-    return keys, [value, str(px), "1" if embed_token else "0", str(wait_ms)]
+    return keys, [value, str(px), "1" if embed_token else "0", str(wait_ms), str(priority)]
 
 
 def release_args(key: str, value: str) -> tuple[list[str], list[str]]:

@@ -96,9 +96,16 @@ class AsyncLockClient:
         return await _wire.aread_all(conn, len(commands))
 
     async def _acquire(
-        self, key: str, value: str, px: int, timeout: float | None, embed: bool, wait_ms: int = 0
+        self,
+        key: str,
+        value: str,
+        px: int,
+        timeout: float | None,
+        embed: bool,
+        wait_ms: int = 0,
+        priority: int = 0,
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed, wait_ms)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority)
         try:
             return _core.parse_acquire(await self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -133,9 +140,11 @@ class AsyncLockClient:
         *,
         embed_token: bool = False,
         on_attempt: AttemptHook | None = None,
+        priority: int = 0,
     ) -> AsyncLock:
         """Acquire `key`, retrying under `retry`; see `LockClient.lock` for the semantics."""
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
+        priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         flow = _core.lock_flow(plan, on_attempt)
         waiter: _AsyncWaiter | None = None
@@ -151,7 +160,7 @@ class AsyncLockClient:
                 if isinstance(step, _core.Attempt):
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
-                                                     step.wait_ms)  # fmt: skip
+                                                     step.wait_ms, priority)  # fmt: skip
                         sent = (result, None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))

@@ -269,6 +269,10 @@ RUN_OPTIONS = [
     Option("--retry-max", "LEADERD_RETRY_MAX", "0",
            "give up after this many failed attempts, exit 4 (0: forever)",
            _whole(0, 10**9, "must be a whole number >= 0 (0: retry forever)")),
+    Option("--priority", "LEADERD_PRIORITY", "0",
+           "when the lease is released or expires, the waiting candidate with the highest "
+           "priority gets it (FIFO among equals)",
+           _whole(-100, 100, "must be a whole number from -100 to 100")),
     Option("--app-health-url", "LEADERD_APP_HEALTH_URL", None,
            "the workload's health: http(s):// URL (GET, any 2xx is healthy) or tcp://HOST:PORT "
            "(a connect is healthy); while unhealthy this candidate does not lead",
@@ -338,6 +342,7 @@ class ElectionSettings:
     retry: RetryStrategy
     retry_name: str
     retry_max: int
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -544,7 +549,7 @@ def _election_settings(v: _Values) -> ElectionSettings:
         retry = NonFixedIntervalStrategy(interval, max_retry, max_interval=max_interval)
     return ElectionSettings(name=name, identity=identity, ttl=ttl, refresh_interval=refresh,
                             renew_deadline=renew, retry=retry, retry_name=retry_name,
-                            retry_max=retry_max)  # fmt: skip
+                            retry_max=retry_max, priority=v["priority"])  # fmt: skip
 
 
 def _output_settings(v: _Values) -> OutputSettings:

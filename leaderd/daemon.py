@@ -111,7 +111,7 @@ async def _start(
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), e.name, e.identity,
         ttl=e.ttl, refresh_interval=e.refresh_interval, renew_deadline=e.renew_deadline,
-        retry=e.retry, observers=observers,
+        retry=e.retry, observers=observers, priority=e.priority,
     )  # fmt: skip
     elector.on_observer_error = lambda o, hook, exc: log.error(
         "output_failed", output=type(o).__name__, hook=hook, error=error_text(exc)

@@ -176,12 +176,15 @@ class Elector:
         timeout: float | None = None,
         clock: Clock | None = None,
         observers: Sequence[ElectionObserver] = (),
+        priority: int = 0,
     ) -> None:
         refresh_interval, renew_deadline = timing(ttl, refresh_interval, renew_deadline)
         if not election:
             raise ValueError("election must be a non-empty string")
         self.election = election
         self.identity = identity
+        #: among waiters, the highest priority gets a released lease first (-100..100)
+        self.priority = priority
         self.ttl = ttl
         self.refresh_interval = refresh_interval
         self.renew_deadline = renew_deadline
@@ -271,6 +274,7 @@ class Elector:
             "updated_at": round(self.updated_at, 3),
             "eligible": self.eligible,
             "ineligible_reason": self.ineligible_reason,
+            "priority": self.priority,
             **self.extra_status,
         }
 
@@ -378,7 +382,7 @@ class Elector:
         return None
 
     def _candidate(self) -> Candidate:
-        return Candidate(self.identity)
+        return Candidate(self.identity, self.priority)
 
     async def _lead(self, lease: Lease, term: Term, lead: Callable[[Term], Awaitable[Any]]) -> bool:
         """Leader: run `lead` and renew. True if `lead` finished (run() returns)."""

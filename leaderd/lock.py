@@ -143,9 +143,16 @@ class LockClient:
             return self.redis.eval(script.source, len(keys), *keys, *args)
 
     def _acquire(
-        self, key: str, value: str, px: int, timeout: float | None, embed: bool, wait_ms: int = 0
+        self,
+        key: str,
+        value: str,
+        px: int,
+        timeout: float | None,
+        embed: bool,
+        wait_ms: int = 0,
+        priority: int = 0,
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed, wait_ms)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority)
         try:
             return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -177,6 +184,7 @@ class LockClient:
         *,
         embed_token: bool = False,
         on_attempt: AttemptHook | None = None,
+        priority: int = 0,
     ) -> Lock:
         """Acquire `key`, retrying under `retry` (default: every 100 ms, forever).
 
@@ -185,8 +193,10 @@ class LockClient:
         by `timeout`; an attempt that timed out but succeeded is recognised by the next.
         Raises `MaxRetryError` when the strategy gives up. `on_attempt(result, error)`
         is called after every attempt (for metrics, or to learn who holds the lock).
+        Waiters are served by `priority` (-100..100, highest first), FIFO among equals.
         """
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
+        priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         flow = _core.lock_flow(plan, on_attempt)
         waiter: _Waiter | None = None
@@ -202,7 +212,7 @@ class LockClient:
                 if isinstance(step, _core.Attempt):
                     try:
                         sent = (self._acquire(key, value, px, timeout, embed_token,
-                                              step.wait_ms), None)  # fmt: skip
+                                              step.wait_ms, priority), None)  # fmt: skip
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):

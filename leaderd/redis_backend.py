@@ -119,7 +119,7 @@ class RedisBackend:
 
         lock = await self.client.lock(
             self.key, value=value, expiration=ttl, timeout=timeout, retry=retry,
-            embed_token=True, on_attempt=attempted,
+            embed_token=True, on_attempt=attempted, priority=candidate.priority,
         )  # fmt: skip
         # The lock library measures on time.monotonic; the elector may run on another clock.
         started = self.clock.now() - (time.monotonic() - lock.acquired_at)

@@ -490,3 +490,31 @@ def test_embedded_token_survives_a_retry_after_the_counter_is_corrupted(
     r.set(fence_key("jobs"), "garbage")
     again = client.try_lock("jobs", value='{"identity":"a"}', expiration=5, embed_token=True)
     assert again.fencing_token == lock.fencing_token  # the same term, the same token
+
+
+def test_waiters_are_served_by_priority_then_arrival(client: LockClient, r: redis.Redis) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    got: list[str] = []
+
+    def waiter(name: str, priority: int) -> threading.Thread:
+        def run() -> None:
+            lock = client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(10, 3),
+                               priority=priority)  # fmt: skip
+            got.append(name)
+            lock.unlock()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    threads = []
+    for n, (name, priority) in enumerate([("low", 0), ("high-1", 5), ("high-2", 5),
+                                          ("lowest", -3)], start=1):  # fmt: skip
+        threads.append(waiter(name, priority))
+        wait_for(lambda n=n: r.zcard("{jobs}:waiters") == n)  # arrival order is known
+    holder.unlock()
+    for t in threads:
+        t.join(10)
+    assert got == ["high-1", "high-2", "low", "lowest"]
+    with pytest.raises(ValueError, match="priority"):
+        client.lock("other", priority=101)

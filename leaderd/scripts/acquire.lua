@@ -6,6 +6,9 @@
 -- appended, so readers of the key see the holder's fencing token.
 -- ARGV[4] > 0: the caller is a waiter; if it does not get the lock it is queued
 -- (first arrival kept) for ARGV[4] ms, so a release can hand the lock to it.
+-- ARGV[5]: the waiter's priority (-100..100, default 0). The queue is ordered by
+-- (100 - priority) * 1e13 + arrival ms: highest priority first, FIFO among equals;
+-- the score stays an exact integer in a double (< 2^53).
 -- The fencing counter becomes max(counter + 1, Redis TIME in microseconds): it
 -- stays monotonic even if Redis loses the counter, unless Redis's clock steps back.
 -- The arithmetic is on decimal strings, exact up to 2^63 - 1 (Lua numbers are
@@ -18,6 +21,7 @@
 if redis.replicate_commands then redis.replicate_commands() end
 local key, fence, waiters, expiries, reserved_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local value, px, embed, wait_ms = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+local priority = tonumber(ARGV[5] or '0') or 0
 local prefix = value
 if embed then prefix = string.sub(value, 1, -2) .. ',"token":' end
 local t = redis.call('TIME')
@@ -59,7 +63,7 @@ end
 local function not_acquired(holder, pttl)
   if wait_ms > 0 then
     local now_ms = math.floor(now_us / 1000)
-    redis.call('ZADD', waiters, 'NX', now_ms, value)
+    redis.call('ZADD', waiters, 'NX', (100 - priority) * 10000000000000 + now_ms, value)
     redis.call('ZADD', expiries, now_ms + wait_ms, value)
   end
   return {0, holder, pttl}
