@@ -35,6 +35,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "label-events-native": {"mode": "label", "events": True, "leaderd": {"nativeSidecar": True}},
     "readiness-native": {"leaderd": {"nativeSidecar": True}},
     "events-only": {"events": True},
+    "app-health-priority": {
+        "leaderd": {
+            "priority": 5,
+            "appHealth": {"url": "http://127.0.0.1:8080/healthz", "failures": 2},
+        }
+    },
     "secret-monitoring": {
         "redis": {"existingSecret": "redis-auth"},
         "workload": {"port": 8080},
@@ -147,6 +153,19 @@ def test_secret_is_mounted_as_a_file_and_monitoring_objects_render() -> None:
     sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "leaderd-http"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_app_health_and_priority_reach_the_sidecar() -> None:
+    env = {
+        e["name"]: e.get("value") for e in sidecar(render(VALUE_SETS["app-health-priority"]))["env"]
+    }
+    assert env["LEADERD_APP_HEALTH_URL"] == "http://127.0.0.1:8080/healthz"
+    assert env["LEADERD_APP_HEALTH_FAILURES"] == "2" and env["LEADERD_PRIORITY"] == "5"
+    default = {e["name"] for e in sidecar(render({}))["env"]}
+    assert "LEADERD_APP_HEALTH_URL" not in default and "LEADERD_PRIORITY" not in default
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"leaderd": {"appHealth": {"url": "ftp://x"}}})
 
 
 def test_label_mode_service_selects_the_leader_label() -> None:

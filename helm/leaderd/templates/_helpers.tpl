@@ -78,6 +78,24 @@ env:
     value: "0.0.0.0:4040"
   - name: LEADERD_LOG_LEVEL
     value: {{ .Values.leaderd.logLevel | quote }}
+  {{- if ne (int .Values.leaderd.priority) 0 }}
+  - name: LEADERD_PRIORITY
+    value: {{ .Values.leaderd.priority | quote }}
+  {{- end }}
+  {{- with .Values.leaderd.appHealth }}
+  {{- if .url }}
+  - name: LEADERD_APP_HEALTH_URL
+    value: {{ .url | quote }}
+  - name: LEADERD_APP_HEALTH_INTERVAL
+    value: {{ .interval | quote }}
+  - name: LEADERD_APP_HEALTH_TIMEOUT
+    value: {{ .timeout | quote }}
+  - name: LEADERD_APP_HEALTH_FAILURES
+    value: {{ .failures | quote }}
+  - name: LEADERD_APP_HEALTH_SUCCESSES
+    value: {{ .successes | quote }}
+  {{- end }}
+  {{- end }}
   {{- if .Values.redis.existingSecret }}
   - name: LEADERD_REDIS_PASSWORD_FILE
     value: /var/run/secrets/leaderd/redis/{{ .Values.redis.passwordKey }}
