@@ -136,6 +136,28 @@ def test_an_http_check_follows_the_status_code(
         assert d.status()["app_healthy"] is True and len(events(d, "app_healthy")) == 1
         handler.code = 500
         poll(lambda: d.ready() == 503, 5)
-        assert events(d, "stepped_down")[-1]["reason"] == "app_unhealthy"
+        stepped = poll(lambda: events(d, "stepped_down"), 5)
+        assert stepped[-1]["reason"] == "app_unhealthy"
     finally:
         server.shutdown()
+
+
+def test_an_unhealthy_leader_stops_its_exec_child(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    from .test_exec import alive_with, marker
+
+    app, m = TcpApp(), marker()
+    d = spawn(redis_server.url, "pod-0", "--app-health-url", app.url, *FAST,
+              command=["sh", "-c", f"sleep {m} & wait"])  # fmt: skip
+    try:
+        d.wait_http()
+        poll(lambda: d.ready() == 200, 10)
+        poll(lambda: alive_with(m), 5)
+        app.stop()
+        poll(lambda: not alive_with(m), 5)
+        assert d.ready() == 503 and d.proc.poll() is None
+        stepped = poll(lambda: events(d, "stepped_down"), 5)  # logged after the child
+        assert stepped[-1]["reason"] == "app_unhealthy"
+    finally:
+        app.stop()
