@@ -369,6 +369,7 @@ class AsyncAutoRefresh(_core.RefresherBase):
         super().__init__(lock, interval, timeout, max_retry, on_failure)
         self.lock: AsyncLock = lock
         self.task = asyncio.create_task(self._run(), name=f"leaderd-refresh:{lock.key}")
+        self.task.add_done_callback(_retrieve)  # reported via error/on_failure/await
 
     async def _run(self) -> None:
         try:

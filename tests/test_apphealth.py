@@ -161,3 +161,27 @@ def test_an_unhealthy_leader_stops_its_exec_child(
         assert stepped[-1]["reason"] == "app_unhealthy"
     finally:
         app.stop()
+
+
+def test_with_every_app_unhealthy_nobody_leads_until_one_recovers(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    apps = [TcpApp(), TcpApp()]
+    for app in apps:
+        app.stop()  # neither workload is up
+    ds = [spawn(redis_server.url, f"pod-{i}", "--app-health-url", apps[i].url, *FAST,
+                ttl="1s") for i in range(2)]  # fmt: skip
+    try:
+        for d in ds:
+            d.wait_http()
+        poll(lambda: all(d.status()["role"] == "follower" for d in ds), 5)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert all(d.ready() == 503 for d in ds)
+            time.sleep(0.1)
+        apps[1].start()  # one recovers: it leads (no campaign delay at start-up)
+        poll(lambda: ds[1].ready() == 200, 5)
+        assert ds[0].ready() == 503
+    finally:
+        for app in apps:
+            app.stop()

@@ -138,6 +138,18 @@ def test_flags_win_over_env() -> None:
         ({}, {"retry": "exponential", "retry_max_interval": "1ms", "retry_interval": "1ms"},
          "must be at least 10ms"),
         ({}, {"retry_max_interval": "48h"}, "must be at most 24h"),
+        # Workload-aware leadership and priority.
+        ({}, {"priority": "101"}, "--priority (env LEADERD_PRIORITY)='101': must be a whole"),
+        ({}, {"priority": "high"}, "from -100 to 100"),
+        ({}, {"app_health_url": "ftp://x"}, "must start with http://, https:// or tcp://"),
+        ({}, {"app_health_url": "tcp://host"}, "must be tcp://HOST:PORT"),
+        ({}, {"app_health_url": "http://"}, "has no host"),
+        ({}, {"app_health_url": "tcp://h:1", "app_health_interval": "10ms"}, "at least 50ms"),
+        ({}, {"app_health_url": "tcp://h:1", "app_health_timeout": "5s"},
+         "must not exceed --app-health-interval"),
+        ({}, {"app_health_url": "tcp://h:1", "app_health_failures": "0"}, "from 1 to 100"),
+        ({"LEADERD_APP_HEALTH_SUCCESSES": "x"}, {"app_health_url": "tcp://h:1"},
+         "--app-health-successes (env LEADERD_APP_HEALTH_SUCCESSES)='x'"),
         # URLs are validated at start, without a traceback and without the secret.
         ({}, {"redis_url": "redis://[::1"}, "is not a valid URL"),
         ({}, {"redis_url": "redis://h:99999/0"}, "Port out of range"),
