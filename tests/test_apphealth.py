@@ -3,6 +3,7 @@ here) dies, never starts, or answers errors."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
@@ -42,7 +43,11 @@ class TcpApp:
             conn.close()
 
     def stop(self) -> None:
+        """Stop listening now: shutdown() wakes the thread blocked in accept(), which a
+        bare close() from another thread would not (the port would still accept)."""
         if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
             self.sock = None
 
@@ -101,7 +106,7 @@ def test_an_app_that_is_never_healthy_never_leads(
     deadline = time.monotonic() + 2.5  # more than two ttls
     while time.monotonic() < deadline:
         st = d.status()
-        assert d.ready() == 503 and st["leader"] is None
+        assert d.ready() != 200 and st["leader"] is None
         assert st["eligible"] is False and st["app_healthy"] is False
         time.sleep(0.1)
     assert d.get("/healthz")[0] == 200  # app health is not the sidecar's liveness
@@ -176,9 +181,10 @@ def test_with_every_app_unhealthy_nobody_leads_until_one_recovers(
             d.wait_http()
         poll(lambda: all(d.status()["role"] == "follower" for d in ds), 5)
         deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            assert all(d.ready() == 503 for d in ds)
+        while time.monotonic() < deadline:  # (under load a probe may time out: 0)
+            assert all(d.ready() != 200 for d in ds)
             time.sleep(0.1)
+        assert not any(events(d, "became_leader") for d in ds)
         apps[1].start()  # one recovers: it leads (no campaign delay at start-up)
         poll(lambda: ds[1].ready() == 200, 5)
         assert ds[0].ready() == 503
