@@ -57,6 +57,7 @@ class Script:
 ACQUIRE = Script.load("acquire")
 REFRESH = Script.load("refresh")
 RELEASE = Script.load("release")
+CONTROL = Script.load("control")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,21 @@ def release_channel(key: str) -> str:
     return RELEASE_CHANNEL_PREFIX + key
 
 
+def terms_channel(key: str) -> str:
+    """Where an acquire with an embedded token announces a new term (its stored value)."""
+    return "leaderd:terms:" + key
+
+
+def control_channel(key: str) -> str:
+    """Where a control request (resign, switchover) wakes the holder of `key`."""
+    return "leaderd:control:" + key
+
+
+def control_key(key: str) -> str:
+    """The pending control request for the holder of `key`, in its hash slot."""
+    return _slot_prefix(key) + ":control"
+
+
 def check_key(key: str) -> None:
     if not isinstance(key, str) or not key:
         raise ValueError(f"lock key must be a non-empty string, got {key!r}")
@@ -166,6 +182,8 @@ def check_value(value: str | None, embed_token: bool) -> str:
 
 #: How long a released lock is reserved for the waiter it was handed to.
 HANDOFF_SECONDS = 0.05
+#: How long a hand-over to a named waiter (switchover, preemption) is reserved for it.
+TARGET_HANDOFF_SECONDS = 1.0
 
 
 #: Waiter priorities: the queue serves the highest first (FIFO among equals).
@@ -188,12 +206,20 @@ def acquire_args(
     """Keys and args of the acquire script; `wait_ms` > 0 queues a waiting caller with
     `priority` (highest served first)."""
     keys = [key, fence_key(key), *helper_keys(key)]
-    return keys, [value, str(px), "1" if embed_token else "0", str(wait_ms), str(priority)]
+    args = [value, str(px), "1" if embed_token else "0", str(wait_ms), str(priority)]
+    if embed_token:
+        args.append(terms_channel(key))  # elections announce each new term to watchers
+    return keys, args
 
 
-def release_args(key: str, value: str) -> tuple[list[str], list[str]]:
+def release_args(key: str, value: str, to: str | None = None) -> tuple[list[str], list[str]]:
+    """Keys and args of the release script; `to`: hand over to this waiter (its queue
+    value) if it is still queued and listening, for longer than an ordinary hand-over."""
     keys = [key, *helper_keys(key)]
-    return keys, [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000))]
+    args = [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000))]
+    if to is not None:
+        args += [to, str(round(TARGET_HANDOFF_SECONDS * 1000))]
+    return keys, args
 
 
 def _text(raw: object) -> str:

@@ -147,7 +147,7 @@ class AsyncLockClient:
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         flow = _core.lock_flow(plan, on_attempt)
-        waiter: _AsyncWaiter | None = None
+        waiter: AsyncSubscription | None = None
         sent: Any = None
         try:
             while True:
@@ -166,7 +166,7 @@ class AsyncLockClient:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
                     channels = _core.waiter_channels(key, value)
-                    waiter = await _AsyncWaiter.start(self.redis, channels, timeout)
+                    waiter = await AsyncSubscription.start(self.redis, channels, timeout)
                     sent = waiter.subscribed
                 else:
                     await self._wait(step.until, waiter)
@@ -176,7 +176,7 @@ class AsyncLockClient:
                 await waiter.close()
 
     @staticmethod
-    async def _wait(wake_at: float, waiter: _AsyncWaiter | None) -> None:
+    async def _wait(wake_at: float, waiter: AsyncSubscription | None) -> None:
         """Sleep until `wake_at`, or until a release hands the lock to us (or to anyone)."""
         left = wake_at - time.monotonic()
         if waiter is not None and waiter.subscribed:
@@ -184,24 +184,45 @@ class AsyncLockClient:
         if left > 0 and (waiter is None or not waiter.subscribed):
             await asyncio.sleep(max(0.0, wake_at - time.monotonic()))
 
+    async def eval_script(
+        self, script: Script, keys: list[str], args: list[str], timeout: float | None = 1.0
+    ) -> Any:
+        """Run one of the package's scripts by SHA (EVAL on a cache miss) within `timeout`;
+        for the election layer's own scripts (control requests)."""
+        return await self._eval(script, keys, args, _core.check_timeout(timeout))
+
     async def leave_queue(self, key: str, value: str, timeout: float | None = 1.0) -> None:
         """Give up a waiter's place in `key`'s queue (a `lock()` call abandoned early)."""
-        async with asyncio.timeout(timeout):
-            pipe = self.redis.pipeline(transaction=False)
-            for command in _core.leave_queue_commands(key, value):
-                pipe.execute_command(*command)
-            await pipe.execute()
+        await self.commands(_core.leave_queue_commands(key, value), timeout)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
     ) -> tuple[str | None, float | None]:
         """The value stored under `key` and its remaining lease in seconds (None if free)."""
-        async with asyncio.timeout(timeout):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.pttl(key)
-            value, pttl = await pipe.execute()
+        value, pttl = await self.commands([("GET", key), ("PTTL", key)], timeout)
         return _core.parse_holder(value, pttl)
+
+    async def commands(self, commands: list[tuple[Any, ...]], timeout: float | None) -> list[Any]:
+        """Run `commands` in one pipelined round trip within `timeout`, in an inner task
+        (as `_eval`), so that a cancellation of the caller is never lost."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+
+        call = asyncio.ensure_future(run())
+        call.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait({call}, timeout=timeout)
+        except BaseException:
+            call.cancel()
+            raise
+        if not done:
+            call.cancel()
+            raise TimeoutError(f"{commands[0][0]} did not answer within {timeout}s")
+        return call.result()
 
 
 async def _noop() -> None:
@@ -214,8 +235,9 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class _AsyncWaiter:
-    """A release-channel subscription used only while `lock()` waits for a holder.
+class AsyncSubscription:
+    """A pub/sub subscription that wakes a waiter: `lock()` listens for releases while it
+    waits for a holder; an election's leader listens for control requests.
 
     A reader task owns the pub/sub connection and turns messages into a future; the
     waiting caller only ever awaits that future. redis-py's pub/sub reads with a
@@ -235,7 +257,7 @@ class _AsyncWaiter:
     @classmethod
     async def start(
         cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
-    ) -> _AsyncWaiter:
+    ) -> AsyncSubscription:
         make_pubsub = getattr(client, "pubsub", None)
         if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
             self = cls(None, channels)
@@ -310,6 +332,15 @@ class AsyncLock(LockBase):
     async def unlock(self, timeout: float | None = 1.0) -> None:
         """Release the lock and wake waiters; `LockNotHeldError` if it is not ours."""
         _core.released(self, await self._call(_core.release_call(self), timeout))
+
+    async def hand_over(self, to: str, timeout: float | None = 1.0) -> bool:
+        """Release the lock to the waiter whose value is `to`, reserved for it alone; True
+        if it was, False if `to` no longer waits (then the next waiter gets it as on
+        `unlock`). `LockNotHeldError` if the lock is not ours."""
+        keys, args = _core.release_args(self.key, self.value, to)
+        ok = await self._call((_core.RELEASE, keys, args), timeout)
+        _core.released(self, ok)
+        return int(ok) == 2
 
     async def _call(self, call: tuple[Script, list[str], list[str]], timeout: float | None) -> Any:
         script, keys, args = call

@@ -39,6 +39,7 @@ class Holder:
     token: int | None = None
     foreign: bool = False
     address: str | None = None
+    priority: int = 0
 
 
 @dataclass
@@ -58,6 +59,29 @@ class Attempt:
     outcome: str
     holder: Holder | None = None
     error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A control request to the current leader: `resign` (and stay out `hold_off`
+    seconds), or `switchover` / `preempt` (hand the lease to waiter `to`, in the
+    backend's own form of a queue entry)."""
+
+    op: str
+    to: str | None = None
+    hold_off: float = 0.0
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """What the store said to a control request: `ok`, or the `reason` it was refused
+    (`no_leader`, `foreign`, `already_leads`, `not_waiting`, `not_listening`,
+    `not_higher`); `holder` is the leader it was addressed to."""
+
+    ok: bool
+    reason: str | None = None
+    holder: Holder | None = None
 
 
 class ElectionBackend(Protocol):
@@ -94,6 +118,23 @@ class ElectionBackend(Protocol):
         """Give up this candidate's place among the waiters (it became ineligible)."""
         ...
 
+    async def next_request(self, lease: Lease) -> Request:
+        """Wait for a control request addressed to `lease` (cancelled when its term ends);
+        transport errors are retried inside, never raised."""
+        ...
+
+    async def hand_over(self, lease: Lease, to: str, timeout: float) -> bool:
+        """Release the lease to waiter `to` alone; False if `to` no longer waits (then the
+        next waiter gets it, as on `release`)."""
+        ...
+
+    async def request(
+        self, op: str, target: str | None, hold_off: float, priority: int, timeout: float
+    ) -> RequestResult:
+        """Ask the current leader to `resign` or to hand over to the candidate `target`
+        (`switchover`, or `preempt` by a waiter of higher `priority`)."""
+        ...
+
 
 class BackendDown(ConnectionError):
     """`MemoryBackend`'s simulated transport failure."""
@@ -105,6 +146,7 @@ class _Held:
     token: int
     expires_at: float
     ttl: float
+    priority: int = 0
 
 
 @dataclass
@@ -115,16 +157,26 @@ class MemoryStore:
     held: _Held | None = None
     tokens: Any = field(default_factory=lambda: itertools.count(1))
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    #: live waiters (identity -> priority), a hand-over reserved for one until a time,
+    #: and the pending control request with the token of the term it is addressed to
+    waiting: dict[str, int] = field(default_factory=dict)
+    reserved: tuple[str, float] | None = None
+    request: tuple[int, Request] | None = None
+    requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     def current(self) -> _Held | None:
         if self.held is not None and self.clock.now() >= self.held.expires_at:
             self.held = None
         return self.held
 
-    def take_over(self, identity: str, ttl: float) -> _Held:
+    def take_over(self, identity: str, ttl: float, priority: int = 0) -> _Held:
         """What another client would do: hold the lease (a test's intruder)."""
-        self.held = _Held(identity, next(self.tokens), self.clock.now() + ttl, ttl)
+        self.held = _Held(identity, next(self.tokens), self.clock.now() + ttl, ttl, priority)
         return self.held
+
+    def reserved_for_other(self, identity: str) -> bool:
+        r = self.reserved
+        return r is not None and r[0] != identity and self.clock.now() < r[1]
 
 
 class MemoryBackend:
@@ -170,29 +222,39 @@ class MemoryBackend:
         on_attempt: Callable[[Attempt], None],
     ) -> Lease:
         retries = 0
-        while True:
-            started = self.clock.now()
-            expires_at: float | None = None
-            try:
-                await self._call(timeout)
-            except BackendDown as exc:
-                on_attempt(Attempt("error", error=exc))
-            else:
-                held = self.store.current()
-                if held is None or held.candidate == candidate.identity:
-                    if held is None:
-                        held = self.store.take_over(candidate.identity, ttl)
-                    held.expires_at = started + ttl
-                    on_attempt(Attempt("acquired"))
-                    return Lease(held.token, started, candidate.identity)
-                on_attempt(Attempt("held", Holder(held.candidate, held.token)))
-                expires_at = held.expires_at
-            retries += 1
-            delay = retry.next_delay(retries)
-            if delay is None:
-                raise MaxRetryError("memory", retries, None)
-            wake = started + delay if expires_at is None else min(started + delay, expires_at)
-            await self._wait(wake)
+        try:
+            while True:
+                started = self.clock.now()
+                expires_at: float | None = None
+                try:
+                    await self._call(timeout)
+                except BackendDown as exc:
+                    on_attempt(Attempt("error", error=exc))
+                else:
+                    held = self.store.current()
+                    me = candidate.identity
+                    if (held is None and not self.store.reserved_for_other(me)) or (
+                        held is not None and held.candidate == me
+                    ):
+                        if held is None:
+                            held = self.store.take_over(me, ttl, candidate.priority)
+                            self.store.reserved = None
+                        held.expires_at = started + ttl
+                        on_attempt(Attempt("acquired"))
+                        return Lease(held.token, started, me)
+                    shown = None if held is None else Holder(
+                        held.candidate, held.token, priority=held.priority)  # fmt: skip
+                    on_attempt(Attempt("held", shown))
+                    expires_at = None if held is None else held.expires_at
+                    self.store.waiting[me] = candidate.priority
+                retries += 1
+                delay = retry.next_delay(retries)
+                if delay is None:
+                    raise MaxRetryError("memory", retries, None)
+                wake = started + delay if expires_at is None else min(started + delay, expires_at)
+                await self._wait(wake)
+        finally:
+            self.store.waiting.pop(candidate.identity, None)
 
     async def _wait(self, until: float) -> None:
         """Sleep on the clock until `until`, or until a release is announced."""
@@ -226,4 +288,44 @@ class MemoryBackend:
         return None if held is None else Holder(held.candidate, held.token)
 
     async def leave_queue(self, timeout: float) -> None:
-        """Nothing to do: the memory store keeps no queue (waiters poll and are woken)."""
+        """Nothing to do: a waiter is listed only while its `acquire` runs."""
+
+    async def next_request(self, lease: Lease) -> Request:
+        while True:
+            pending = self.store.request
+            if pending is not None and pending[0] == lease.token:
+                self.store.request = None
+                return pending[1]
+            self.store.requested.clear()
+            await self.store.requested.wait()
+
+    async def hand_over(self, lease: Lease, to: str, timeout: float) -> bool:
+        await self._call(timeout)
+        held = self.store.current()
+        if held is None or held.candidate != lease.handle or held.token != lease.token:
+            return False
+        self.store.held = None
+        handed = to in self.store.waiting
+        if handed:
+            self.store.reserved = (to, self.clock.now() + 1.0)
+        self.store.released.set()
+        return handed
+
+    async def request(
+        self, op: str, target: str | None, hold_off: float, priority: int, timeout: float
+    ) -> RequestResult:
+        await self._call(timeout)
+        held = self.store.current()
+        if held is None:
+            return RequestResult(False, "no_leader")
+        holder = Holder(held.candidate, held.token, priority=held.priority)
+        if op != "resign":
+            if held.candidate == target:
+                return RequestResult(False, "already_leads", holder)
+            if op == "preempt" and held.priority >= priority:
+                return RequestResult(False, "not_higher", holder)
+            if target not in self.store.waiting:
+                return RequestResult(False, "not_waiting", holder)
+        self.store.request = (held.token, Request(op, target, hold_off))
+        self.store.requested.set()
+        return RequestResult(True, None, holder)

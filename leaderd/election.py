@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .backend import Attempt, Candidate, ElectionBackend, Lease
+from .backend import Attempt, Candidate, ElectionBackend, Holder, Lease, Request, RequestResult
 from .errors import LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
@@ -85,7 +85,12 @@ class ElectionObserver:
         """This candidate became leader."""
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:
-        """Leadership ended: `lost`, `deadline`, `released` or `stopped`."""
+        """Leadership ended: `lost`, `deadline`, `released`, `stopped`, a reason for being
+        ineligible (`app_unhealthy`), `resigned`, `switchover` or `preempted`."""
+
+    def on_control(self, event: str, fields: dict[str, Any]) -> None:
+        """A control request: the leader `received` one, `handed_over` the lease, or
+        this follower sent a `preempt` request (fields say to whom, and the outcome)."""
 
     def on_new_leader(self, identity: str | None) -> None:
         """The observed holder of the lock changed (None: nobody, or unknown)."""
@@ -103,6 +108,8 @@ class ElectionObserver:
 
 #: Reasons for stepping down that count as losing leadership (not a chosen release).
 LOSS_REASONS = frozenset({"lost", "deadline"})
+#: Control requests and the reason the leader steps down with for each.
+REQUEST_REASONS = {"resign": "resigned", "switchover": "switchover", "preempt": "preempted"}
 
 
 class TimingError(ValueError):
@@ -177,6 +184,9 @@ class Elector:
         clock: Clock | None = None,
         observers: Sequence[ElectionObserver] = (),
         priority: int = 0,
+        address: str | None = None,
+        preempt: bool = False,
+        preempt_delay: float = 10.0,
     ) -> None:
         refresh_interval, renew_deadline = timing(ttl, refresh_interval, renew_deadline)
         if not election:
@@ -185,6 +195,13 @@ class Elector:
         self.identity = identity
         #: among waiters, the highest priority gets a released lease first (-100..100)
         self.priority = priority
+        #: published with this candidate's leadership (where clients reach the leader)
+        self.address = address
+        #: a waiter of higher priority than the leader asks it to hand over, once it has
+        #: waited `preempt_delay`, and at most once per `preempt_delay`
+        self.preempt = preempt
+        self.preempt_delay = preempt_delay
+        self._last_preempt: float | None = None
         self.ttl = ttl
         self.refresh_interval = refresh_interval
         self.renew_deadline = renew_deadline
@@ -199,9 +216,12 @@ class Elector:
         #: called once per (observer, hook) whose hook raised; default: stdlib logging
         self.on_observer_error: Callable[[ElectionObserver, str, Exception], Any] | None = None
         self._observer_errors: set[tuple[str, str]] = set()
-        #: False while this candidate must not lead (app unhealthy, resigned, ...)
-        self.eligible = True
-        self.ineligible_reason: str | None = None
+        self._allowed = True  # set_eligible's verdict (app health)
+        self._blocked_reason: str | None = None
+        self._resigned_until: float | None = None  # resign: out until this time
+        self._request: Request | None = None  # a control request for the current term
+        self._not_leading = asyncio.Event()
+        self._not_leading.set()
         #: after becoming eligible again, wait this long before campaigning (no flapping)
         self.campaign_delay = ttl
         self._eligible_since: float | None = None
@@ -211,6 +231,8 @@ class Elector:
         self.extra_status: dict[str, Any] = {}
         self.role = "starting"
         self.leader: str | None = None
+        self.leader_address: str | None = None
+        self._holder: Holder | None = None  # the holder seen by the last attempt
         self.transitions = 0
         self.term: Term | None = None
         self.updated_at = self.clock.wall()
@@ -228,6 +250,21 @@ class Elector:
         term = self.term
         return term is not None and term.valid(self.clock.now())
 
+    @property
+    def eligible(self) -> bool:
+        """False while this candidate must not lead (app unhealthy, resigned, ...)."""
+        return self._allowed and not self._resigned()
+
+    @property
+    def ineligible_reason(self) -> str | None:
+        if self._resigned():
+            return "resigned"
+        return None if self._allowed else self._blocked_reason
+
+    def _resigned(self) -> bool:
+        until = self._resigned_until
+        return until is not None and self.clock.now() < until
+
     def healthy(self) -> bool:
         """False if the loop is wedged: no attempt or refresh completed for too long."""
         if self.term is None and not self.eligible:
@@ -240,14 +277,29 @@ class Elector:
         the waiter queue; an ineligible leader steps down with `reason` and releases.
         Once eligible again it waits `campaign_delay` before it campaigns."""
         new_reason = None if eligible else (reason or "ineligible")
-        if eligible == self.eligible and new_reason == self.ineligible_reason:
+        if eligible == self._allowed and new_reason == self._blocked_reason:
             return
-        if eligible and not self.eligible and self._campaigned:
+        if eligible and not self._allowed and self._campaigned:
             self._eligible_since = self.clock.now()  # the delay is for flapping, not start
-        self.eligible, self.ineligible_reason = eligible, new_reason
+        self._allowed, self._blocked_reason = eligible, new_reason
         self._last_progress = self.clock.now()  # waiting on purpose is not being wedged
         self._wake.set()
         self._changed()
+
+    async def resign(self, hold_off: float = 0.0) -> bool:
+        """Step down if leading (reason `resigned`), release the lease so another candidate
+        takes over, and stay out for `hold_off` seconds. True if this candidate was
+        leading; returns once the lease is released."""
+        if not hold_off >= 0:
+            raise ValueError(f"hold_off must be >= 0 seconds, got {hold_off!r}")
+        self._resigned_until = self.clock.now() + hold_off
+        leading = self.term is not None
+        if leading:
+            self._request = Request("resign", None, hold_off)
+        self._wake.set()
+        self._changed()
+        await self._not_leading.wait()
+        return leading
 
     def status(self) -> dict[str, Any]:
         """The status JSON of design.md: role, holder, token and validity, evaluated now."""
@@ -255,14 +307,15 @@ class Elector:
         term = self.term
         leading = term is not None and term.valid(now)
         role = self.role
-        leader = self.leader
+        leader, address = self.leader, self.leader_address
         if role == "leader" and not leading:
-            role, leader = "follower", None  # deadline passed; the loop has not caught up
+            role, leader, address = "follower", None, None  # deadline passed; not caught up
         return {
             "election": self.election,
             "identity": self.identity,
             "role": role,
             "leader": leader,
+            "leader_address": address,
             "fencing_token": term.fencing_token if term is not None and leading else None,
             "term_started_at": (
                 round(wall - (now - term.started_at), 3) if term is not None and leading else None
@@ -334,7 +387,14 @@ class Elector:
         while True:
             while not self.eligible:
                 self._wake.clear()
-                await self._wake.wait()
+                until = self._resigned_until
+                if self._resigned() and until is not None:
+                    await self._sleep_or_wake(until - self.clock.now())
+                    if not self._resigned():
+                        self._last_progress = self.clock.now()
+                        self._changed()  # the hold-off is over: eligible again
+                else:
+                    await self._wake.wait()
             since = self._eligible_since
             left = 0.0 if since is None else since + self.campaign_delay - self.clock.now()
             if left <= 0:
@@ -342,33 +402,37 @@ class Elector:
             self._wake.clear()
             await self._sleep_or_wake(left)
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
+    async def _sleep_or_wake(
+        self, seconds: float | None, *others: asyncio.Future[Any]
+    ) -> None:
+        """Until `seconds` pass on the clock (None: no limit), `_wake` is set, or one of
+        `others` is done."""
+        waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+        if seconds is not None:
+            waiting.add(asyncio.ensure_future(self.clock.sleep(seconds)))
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting | set(others), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            waker.cancel()
+            for f in waiting:
+                f.cancel()
 
     async def _attempt_while_eligible(self) -> Lease | None:
         """The backend's acquire, abandoned (leaving the waiter queue) if this candidate
         becomes ineligible meanwhile; None then."""
         candidate = self._candidate()
         self._campaigned = True
+        waiting_since = self.clock.now()
         acquiring = asyncio.ensure_future(
             self.backend.acquire(candidate, self.ttl, self.timeout, self.retry, self._attempted)
         )
         try:
             while not acquiring.done():
                 self._wake.clear()
-                waker = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({acquiring, waker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waker.cancel()
+                await self._sleep_or_wake(self._preempt_wait(waiting_since), acquiring)
                 if not self.eligible:
                     break
+                if not acquiring.done() and self._preempt_wait(waiting_since) == 0:
+                    await self._send_preempt()
         except BaseException:
             await _cancel(acquiring)
             raise
@@ -382,7 +446,39 @@ class Elector:
         return None
 
     def _candidate(self) -> Candidate:
-        return Candidate(self.identity, self.priority)
+        return Candidate(self.identity, self.priority, self.address)
+
+    def _preempt_wait(self, waiting_since: float) -> float | None:
+        """Seconds until this waiter may ask the leader to hand over (0: now); None if it
+        may not (preemption off, or the holder's priority is not lower)."""
+        holder = self._holder
+        if not self.preempt or holder is None or holder.foreign:
+            return None
+        if holder.priority >= self.priority:
+            return None
+        since = waiting_since if self._last_preempt is None else max(
+            waiting_since, self._last_preempt)  # fmt: skip
+        return max(0.0, since + self.preempt_delay - self.clock.now())
+
+    async def _send_preempt(self) -> None:
+        """Ask the leader of lower priority to hand over to this candidate (at most once
+        per `preempt_delay`; only an eligible, waiting candidate can be handed to)."""
+        self._last_preempt = self.clock.now()
+        holder = self._holder
+        result: RequestResult | None = None
+        error: Exception | None = None
+        try:
+            result = await self.backend.request(
+                "preempt", self.identity, 0.0, self.priority, self.timeout
+            )
+        except self._retryable as exc:
+            error = exc
+        self._notify("on_control", "preempt", {
+            "leader": holder.identity if holder else None,
+            "leader_priority": holder.priority if holder else None,
+            "outcome": "error" if result is None else "sent" if result.ok else result.reason,
+            "error": error,
+        })  # fmt: skip
 
     async def _lead(self, lease: Lease, term: Term, lead: Callable[[Term], Awaitable[Any]]) -> bool:
         """Leader: run `lead` and renew. True if `lead` finished (run() returns)."""
@@ -402,13 +498,20 @@ class Elector:
             await self._release(lease)
             task.result()  # re-raise what `lead` raised
             return True
-        if reason == "ineligible":  # a chosen step-down: stop, tell, then hand over
+        if reason not in LOSS_REASONS:  # a chosen step-down: stop, tell, then hand over
             self.term = None
             await _cancel(task)
-            stepped = self.ineligible_reason or "ineligible"
+            request, self._request = self._request, None
+            stepped = reason
+            if reason == "ineligible":
+                stepped = self.ineligible_reason or "ineligible"
+            elif request is not None:
+                stepped = REQUEST_REASONS[request.op]
+                if request.op == "resign":
+                    self._resigned_until = self.clock.now() + request.hold_off
             self._end_term(term, stepped)
             await self._before_release(term, stepped)
-            await self._release(lease)
+            await self._release(lease, request.to if request is not None else None)
             return False
         self.term = None  # readers answer "not leader" from here on
         if reason == "lost":  # someone else holds it already: no grace left
@@ -416,16 +519,35 @@ class Elector:
         await _cancel(task)
         if reason == "deadline":
             await self._release(lease)  # it may still be ours; let a follower in sooner
+        else:
+            self._not_leading.set()
         self._end_term(term, reason)  # observers last: one of them may stop the daemon
         return False
 
     async def _renew(self, lease: Lease, term: Term, task: asyncio.Future[Any]) -> str:
-        """Refresh every refresh_interval until the lease is lost or `lead` finishes."""
+        """Refresh every refresh_interval until the lease is lost, `lead` finishes, this
+        candidate becomes ineligible or a control request (resign, hand over) arrives."""
+        control = asyncio.ensure_future(self.backend.next_request(lease))
+        try:
+            return await self._renew_until_done(lease, term, task, control)
+        finally:
+            await _cancel(control)
+
+    async def _renew_until_done(
+        self, lease: Lease, term: Term, task: asyncio.Future[Any], control: asyncio.Future[Any]
+    ) -> str:
         next_refresh = term.started_at + self.refresh_interval
         while True:
-            await self._until(min(next_refresh, term.deadline), task)
+            await self._until(min(next_refresh, term.deadline), task, control)
             if task.done():
                 return "finished"
+            if control.done() and self._request is None:
+                if control.exception() is None:
+                    self._received(control.result())
+                else:  # the backend retries inside; this is a bug, not a request
+                    control = asyncio.ensure_future(self.backend.next_request(lease))
+            if self._request is not None:
+                return "request"
             if not self.eligible:
                 return "ineligible"
             started = self.clock.now()
@@ -458,20 +580,25 @@ class Elector:
             else:
                 next_refresh = finished + min(self.refresh_interval / 4, 1.0)
 
-    async def _until(self, when: float, task: asyncio.Future[Any]) -> None:
-        """Sleep until `when` on the clock, until `task` finishes, or until this
-        candidate becomes ineligible."""
+    async def _until(
+        self, when: float, task: asyncio.Future[Any], control: asyncio.Future[Any]
+    ) -> None:
+        """Sleep until `when` on the clock, until `task` finishes, a control request
+        arrives, or this candidate becomes ineligible."""
         delay = when - self.clock.now()
-        if delay <= 0 or task.done() or not self.eligible:
+        if delay <= 0 or task.done() or control.done() or not self.eligible:
+            return
+        if self._request is not None:
             return
         self._wake.clear()
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, task, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await self._sleep_or_wake(delay, task, control)
+
+    def _received(self, request: Request) -> None:
+        """A control request for this term arrived: step down for it."""
+        self._request = request
+        self._notify("on_control", "received", {
+            "request": request.op, "to": request.to, "hold_off_s": request.hold_off,
+        })  # fmt: skip
 
     async def _before_release(self, term: Term, reason: str) -> None:
         """Let outputs catch up (bounded) while the lease still keeps others out."""
@@ -482,25 +609,41 @@ class Elector:
             except Exception as exc:  # an output must never stop the election
                 self._observer_failed(o, "stepped_down", exc)
 
-    async def _release(self, lease: Lease) -> None:
-        """Best effort: give the lease back if it is still ours, so a follower takes over."""
-        with contextlib.suppress(*self._retryable):
-            await self.backend.release(lease, self.timeout)
+    async def _release(self, lease: Lease, to: str | None = None) -> None:
+        """Best effort: give the lease back if it is still ours, so a follower (or the
+        waiter `to`) takes over."""
+        try:
+            with contextlib.suppress(*self._retryable):
+                if to is None:
+                    await self.backend.release(lease, self.timeout)
+                else:
+                    handed = await self.backend.hand_over(lease, to, self.timeout)
+                    self._notify("on_control", "handed_over", {"to": to, "handed": handed})
+        finally:
+            self._not_leading.set()
 
     # -- state changes -------------------------------------------------------------------
     def _attempted(self, attempt: Attempt) -> None:
         self._last_progress = self.clock.now()
         if attempt.outcome == "held":
-            self._observe_leader(attempt.holder.identity if attempt.holder else None)
+            holder = self._holder = attempt.holder
+            self._observe_leader(
+                holder.identity if holder else None, holder.address if holder else None
+            )
         self._notify("on_attempt", attempt.outcome, attempt.error)
         if self.role == "starting":
             self._set_role("follower")
 
-    def _observe_leader(self, identity: str | None) -> None:
+    def _observe_leader(self, identity: str | None, address: str | None = None) -> None:
         if identity == self.leader:
+            if address != self.leader_address:
+                self.leader_address = address
+                self._changed()
             return
-        self.leader = identity
+        self.leader, self.leader_address = identity, address
         self._changed()
+        if self.preempt:
+            self._wake.set()  # a new holder: re-check whether to preempt it
         self._notify("on_new_leader", identity)
         if self._on_new_leader is not None:
             self._on_new_leader(identity)
@@ -510,8 +653,11 @@ class Elector:
         self.transitions += 1
         self.role = "leader"
         self._last_progress = self.clock.now()
+        self._not_leading.clear()
+        self._holder = None
+        self._request = None  # a resign meant for an earlier term does not end this one
         self._notify("on_started_leading", term)
-        self._observe_leader(self.identity)
+        self._observe_leader(self.identity, self.address)
         self._changed()
 
     def _end_term(self, term: Term, reason: str) -> None:

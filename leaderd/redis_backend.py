@@ -8,17 +8,20 @@ transient for the election.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 
+from . import _core
 from ._core import AcquireResult
-from .aio import AsyncLock, AsyncLockClient
-from .backend import Attempt, Candidate, Holder, Lease
+from .aio import AsyncLock, AsyncLockClient, AsyncSubscription
+from .backend import Attempt, Candidate, Holder, Lease, Request, RequestResult
 from .strategy import RetryStrategy
 
 if TYPE_CHECKING:
@@ -53,7 +56,11 @@ def parse_holder(value: str) -> Holder:
         if isinstance(identity, str) and identity:
             ok_token = isinstance(token, int) and not isinstance(token, bool) and token > 0
             shown_address = display(address) if isinstance(address, str) else None
-            return Holder(display(identity), token if ok_token else None, False, shown_address)
+            priority = data.get("priority", 0)
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                priority = 0
+            return Holder(display(identity), token if ok_token else None, False, shown_address,
+                          max(-100, min(100, priority)))  # fmt: skip
     return Holder(display(value), None, True)
 
 
@@ -140,3 +147,130 @@ class RedisBackend:
     async def leave_queue(self, timeout: float) -> None:
         if self._value is not None:
             await self.client.leave_queue(self.key, self._value, timeout=timeout)
+
+    async def next_request(self, lease: Lease) -> Request:
+        lock: AsyncLock = lease.handle
+        sub: AsyncSubscription | None = None
+        try:
+            while True:
+                if sub is None or not sub.subscribed:
+                    with contextlib.suppress(*self.transient):
+                        if sub is not None:
+                            await sub.close()
+                        sub = await AsyncSubscription.start(
+                            self.client.redis, [_core.control_channel(self.key)], 2.0)
+                request = None
+                with contextlib.suppress(*self.transient):
+                    [raw] = await self.client.commands([("GET", _core.control_key(self.key))], 2.0)
+                    request = parse_request(raw, lock.value)
+                if request is not None:
+                    return request
+                # pub/sub wakes at once; the poll is the backstop for a missed message
+                if sub is not None and sub.subscribed:
+                    await sub.wait(CONTROL_POLL)
+                else:
+                    await asyncio.sleep(CONTROL_POLL / 4)
+        finally:
+            if sub is not None:
+                await sub.close()
+
+    async def hand_over(self, lease: Lease, to: str, timeout: float) -> bool:
+        lock: AsyncLock = lease.handle
+        return await lock.hand_over(to, timeout=timeout)
+
+    async def request(
+        self, op: str, target: str | None, hold_off: float, priority: int, timeout: float
+    ) -> RequestResult:
+        return await send_request(self.client, self.key, op, target, hold_off=hold_off,
+                                  priority=priority, timeout=timeout)  # fmt: skip
+
+
+#: How often a leader re-reads the control key in case a pub/sub message was missed.
+CONTROL_POLL = 2.0
+#: Control operations and how long a request stands by default.
+CONTROL_OPS = ("resign", "switchover", "preempt")
+
+
+def parse_request(raw: bytes | str | None, holder_value: str) -> Request | None:
+    """The pending control request if it is addressed to `holder_value` (this term)."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("holder") != holder_value:
+        return None
+    op, to, hold_off = data.get("op"), data.get("to"), data.get("hold_off_ms", 0)
+    if op not in CONTROL_OPS:
+        return None
+    if not isinstance(hold_off, int | float) or not 0 <= hold_off <= 86_400_000:
+        hold_off = 0
+    target = to if isinstance(to, str) and to else None
+    if op != "resign" and target is None:
+        return None
+    return Request(op, target, hold_off / 1000, str(data.get("id", "")))
+
+
+async def send_request(
+    client: AsyncLockClient,
+    key: str,
+    op: str,
+    target: str | None,
+    *,
+    hold_off: float = 0.0,
+    priority: int = 0,
+    timeout: float = 2.0,
+    stands: float = 10.0,
+) -> RequestResult:
+    """Ask the holder of election lock `key` to resign or hand over to `target`; the
+    request is checked and stored atomically (a refused one writes nothing) and stands
+    for `stands` seconds."""
+    waiters, expiries, _ = _core.helper_keys(key)
+    keys = [key, waiters, expiries, _core.control_key(key)]
+    args = [op, target or "", str(round(hold_off * 1000)), str(max(1, round(stands * 1000))),
+            _core.release_channel(key), _core.control_channel(key), secrets.token_hex(8),
+            str(priority)]  # fmt: skip
+    reply = await client.eval_script(_core.CONTROL, keys, args, timeout)
+    texts = [None if r is None else r.decode("utf-8", "replace") if isinstance(r, bytes)
+             else str(r) for r in reply]  # fmt: skip
+    if int(reply[0]) == 1:
+        return RequestResult(True, None, parse_holder(texts[1] or ""))
+    holder = parse_holder(texts[2]) if len(texts) > 2 and texts[2] is not None else None
+    return RequestResult(False, texts[1], holder)
+
+
+async def follow(
+    client: AsyncLockClient, election: str, poll: float = 1.0, timeout: float = 2.0
+) -> AsyncIterator[Holder | None]:
+    """The holder of `election`, then each change of holder or term (None: nobody).
+
+    New terms and releases are announced on pub/sub, so a change is seen within
+    milliseconds; a read every `poll` seconds, and at the lease's expiry, is the
+    backstop (a missed message, an expired leader, a Redis without pub/sub).
+    """
+    key = election_key(election)
+    channels = [_core.terms_channel(key), _core.release_channel(key)]
+    sub: AsyncSubscription | None = None
+    last: tuple[str, int | None] | None | bool = False  # False: nothing reported yet
+    try:
+        while True:
+            if sub is None or not sub.subscribed:
+                with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+                    if sub is not None:
+                        await sub.close()
+                    sub = await AsyncSubscription.start(client.redis, channels, timeout)
+            value, left = await client.get_holder(key, timeout=timeout)
+            holder = None if value is None else parse_holder(value)
+            seen = None if holder is None else (holder.identity, holder.token)
+            if seen != last:
+                last = seen
+                yield holder
+            wait = poll if left is None or left < 0 else min(poll, left + 0.001)
+            if sub is not None and sub.subscribed:
+                await sub.wait(wait)
+            else:
+                await asyncio.sleep(wait)
+    finally:
+        if sub is not None:
+            await sub.close()

@@ -14,6 +14,8 @@
 -- The arithmetic is on decimal strings, exact up to 2^63 - 1 (Lua numbers are
 -- doubles, exact only to 2^53). A counter that is not a decimal integer is repaired
 -- from TIME; one at the int64 limit is refused with an error (no larger token exists).
+-- ARGV[6] (with ARGV[3] == "1"): a channel on which a new term is announced (the stored
+-- value), so that watchers of an election learn of it at once.
 -- A key that already holds our value (a retry after an attempt that timed out
 -- on the client but succeeded here) is extended and keeps its token.
 -- Returns {1, token, stored value} when acquired; {0, holder, pttl} when held;
@@ -97,4 +99,5 @@ redis.call('SET', fence, token)
 local stored = value
 if embed then stored = prefix .. token .. '}' end
 redis.call('SET', key, stored, 'PX', px)
+if embed and ARGV[6] then redis.call('PUBLISH', ARGV[6], stored) end
 return {1, token, stored}
