@@ -402,9 +402,7 @@ class Elector:
             self._wake.clear()
             await self._sleep_or_wake(left)
 
-    async def _sleep_or_wake(
-        self, seconds: float | None, *others: asyncio.Future[Any]
-    ) -> None:
+    async def _sleep_or_wake(self, seconds: float | None, *others: asyncio.Future[Any]) -> None:
         """Until `seconds` pass on the clock (None: no limit), `_wake` is set, or one of
         `others` is done."""
         waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}

@@ -158,7 +158,8 @@ class RedisBackend:
                         if sub is not None:
                             await sub.close()
                         sub = await AsyncSubscription.start(
-                            self.client.redis, [_core.control_channel(self.key)], 2.0)
+                            self.client.redis, [_core.control_channel(self.key)], 2.0
+                        )
                 request = None
                 with contextlib.suppress(*self.transient):
                     [raw] = await self.client.commands([("GET", _core.control_key(self.key))], 2.0)
@@ -252,7 +253,7 @@ async def follow(
     key = election_key(election)
     channels = [_core.terms_channel(key), _core.release_channel(key)]
     sub: AsyncSubscription | None = None
-    last: tuple[str, int | None] | None | bool = False  # False: nothing reported yet
+    last: tuple[str, int | None] | bool | None = False  # False: nothing reported yet
     try:
         while True:
             if sub is None or not sub.subscribed:

@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 from leaderd import ElectionObserver, FixedIntervalStrategy
-
 from leaderd.backend import MemoryStore
 
 from .test_election_memory import elector, stop
