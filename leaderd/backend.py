@@ -71,6 +71,7 @@ class Request:
     to: str | None = None
     hold_off: float = 0.0
     id: str = ""
+    target: str | None = None  # the identity of `to`, for display
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,6 @@ class MemoryBackend:
                 return RequestResult(False, "not_higher", holder)
             if target not in self.store.waiting:
                 return RequestResult(False, "not_waiting", holder)
-        self.store.request = (held.token, Request(op, target, hold_off))
+        self.store.request = (held.token, Request(op, target, hold_off, target=target))
         self.store.requested.set()
         return RequestResult(True, None, holder)

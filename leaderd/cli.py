@@ -16,6 +16,7 @@ import redis
 from ._version import __version__
 from .config import (
     CONNECTION_OPTIONS,
+    MAX_DURATION,
     ConfigError,
     Option,
     add_run_options,
@@ -24,6 +25,7 @@ from .config import (
     client_target,
     join_negative_values,
     new_parser,
+    parse_duration,
 )
 from .connection import redact_url, sync_client
 from .redis_backend import election_key, parse_holder
@@ -53,7 +55,69 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the current leader of an election from Redis")
     add_run_options(status, only=CONNECTION_OPTIONS | {"election"})
     status.add_argument("--json", action="store_true", help="print JSON")
+    resign = sub.add_parser(
+        "resign", help="make the current leader step down and stay out for --hold-off"
+    )
+    add_run_options(resign, only=CONNECTION_OPTIONS | {"election"})
+    resign.add_argument("--hold-off", default="30s", metavar="DURATION",
+                        help="the old leader stays out this long [default: 30s]")  # fmt: skip
+    _add_wait(resign)
+    switch = sub.add_parser(
+        "switchover", help="make the current leader hand over to the live candidate --to ID"
+    )
+    add_run_options(switch, only=CONNECTION_OPTIONS | {"election"})
+    switch.add_argument("--to", required=True, metavar="ID", help="the candidate to lead next")
+    _add_wait(switch)
+    watch = sub.add_parser(
+        "watch", help="follow an election from Redis: the leader, then one line per change"
+    )
+    add_run_options(watch, only=CONNECTION_OPTIONS | {"election"})
+    watch.add_argument("--json", action="store_true", help="print one JSON object per line")
     return parser
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", default="10s", metavar="DURATION",
+                        help="how long to wait for the result [default: 10s]")  # fmt: skip
+
+
+def _duration_arg(flag: str, text: str, minimum: float) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = -1.0
+    if not minimum <= seconds <= MAX_DURATION:
+        raise ConfigError(f"{flag}={text[:80]!r}: must be a duration from {minimum:g}s to 24h, "
+                          "like 500ms, 10s or 1m30s")  # fmt: skip
+    return seconds
+
+
+def _control(args: argparse.Namespace) -> int:
+    from .operator import CommandError, control
+
+    redis_settings, election = build_client_config(args)
+    wait = _duration_arg("--wait", args.wait, 0.1)
+    target = client_target(redis_settings, f"leaderd-{args.cmd}")
+    if args.cmd == "resign":
+        hold_off = _duration_arg("--hold-off", args.hold_off, 0.0)
+        to = None
+    else:
+        hold_off, to = 0.0, args.to
+    try:
+        outcome = asyncio.run(control(target, election, args.cmd, to, hold_off, wait))
+    except CommandError as exc:
+        print(f"leaderd {args.cmd}: error: {exc}", file=sys.stderr)
+        return 1
+    print(outcome.line("resigned" if to is None else "switched over"))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .operator import watch
+
+    redis_settings, election = build_client_config(args)
+    target = client_target(redis_settings, "leaderd-watch")
+    return asyncio.run(watch(target, election, args.json, lambda line: print(line, flush=True)))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -77,6 +141,7 @@ def _status(args: argparse.Namespace) -> int:
         "leader": holder.identity if holder is not None else None,
         "foreign_holder": holder.foreign if holder is not None else None,
         "fencing_token": token,
+        "leader_address": holder.address if holder is not None else None,
         "ttl_seconds": round(pttl / 1000, 3) if raw is not None and pttl >= 0 else None,
     }
     if args.json:
@@ -84,9 +149,10 @@ def _status(args: argparse.Namespace) -> int:
     elif holder is None:
         print(f"election {election}: no leader")
     else:
+        address = f"  address {holder.address}" if holder.address else ""
         print(
             f"election {election}: leader {info['leader']}  token {token}  "
-            f"ttl {info['ttl_seconds']}s"
+            f"ttl {info['ttl_seconds']}s{address}"
         )
     return 0
 
@@ -104,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if ok else 1
         if args.cmd == "status":
             return _status(args)
+        if args.cmd in ("resign", "switchover"):
+            return _control(args)
+        if args.cmd == "watch":
+            return _watch(args)
         cfg = build_run_config(args, command)
     except ConfigError as exc:
         print(f"leaderd: error: {exc}", file=sys.stderr)

@@ -273,6 +273,16 @@ RUN_OPTIONS = [
            "when the lease is released or expires, the waiting candidate with the highest "
            "priority gets it (FIFO among equals)",
            _whole(-100, 100, "must be a whole number from -100 to 100")),
+    Option("--preempt", "LEADERD_PREEMPT", None,
+           "a waiting candidate of higher priority than the leader asks it to hand over, "
+           "once it has waited --preempt-delay", _switch, is_switch=True),
+    Option("--preempt-delay", "LEADERD_PREEMPT_DELAY", "10s",
+           "how long a candidate waits before it preempts, and the least time between two "
+           "of its requests", _duration(0.1, "must be at least 100ms")),
+    Option("--advertise", "LEADERD_ADVERTISE", None,
+           "published with this candidate's leadership (e.g. $(POD_IP):8080); shown as "
+           "leader_address", _pattern(r"[!-~]{1,253}",
+                                      "must be 1-253 printable ASCII characters, no spaces")),
     Option("--app-health-url", "LEADERD_APP_HEALTH_URL", None,
            "the workload's health: http(s):// URL (GET, any 2xx is healthy) or tcp://HOST:PORT "
            "(a connect is healthy); while unhealthy this candidate does not lead",
@@ -343,6 +353,9 @@ class ElectionSettings:
     retry_name: str
     retry_max: int
     priority: int = 0
+    preempt: bool = False
+    preempt_delay: float = 10.0
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -549,7 +562,9 @@ def _election_settings(v: _Values) -> ElectionSettings:
         retry = NonFixedIntervalStrategy(interval, max_retry, max_interval=max_interval)
     return ElectionSettings(name=name, identity=identity, ttl=ttl, refresh_interval=refresh,
                             renew_deadline=renew, retry=retry, retry_name=retry_name,
-                            retry_max=retry_max, priority=v["priority"])  # fmt: skip
+                            retry_max=retry_max, priority=v["priority"],
+                            preempt=bool(v["preempt"]), preempt_delay=v["preempt_delay"],
+                            advertise=v["advertise"])  # fmt: skip
 
 
 def _output_settings(v: _Values) -> OutputSettings:

@@ -23,7 +23,7 @@ from .connection import async_client, diagnose, follow_primary
 from .credentials import CredentialReset
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
-from .http import LoopErrors, make_app, start_server
+from .http import LoopErrors, WatchHub, make_app, start_server
 from .logs import LogObserver, error_text, get_logger
 from .metrics import Metrics
 from .statusfile import StatusFileWriter
@@ -108,16 +108,20 @@ async def _start(
     writer = StatusFileWriter(out.status_file, log) if out.status_file else None
     if writer is not None:
         observers.append(writer)
+    hub = WatchHub() if out.http_host is not None else None
+    if hub is not None:
+        observers.append(hub)
     elector = Elector(
         AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), e.name, e.identity,
         ttl=e.ttl, refresh_interval=e.refresh_interval, renew_deadline=e.renew_deadline,
-        retry=e.retry, observers=observers, priority=e.priority,
+        retry=e.retry, observers=observers, priority=e.priority, address=e.advertise,
+        preempt=e.preempt, preempt_delay=e.preempt_delay,
     )  # fmt: skip
     elector.on_observer_error = lambda o, hook, exc: log.error(
         "output_failed", output=type(o).__name__, hook=hook, error=error_text(exc)
     )
     if out.http_host is not None:
-        server = await _start_http(cfg, elector, metrics, loop_errors, log)
+        server = await _start_http(cfg, elector, metrics, hub, loop_errors, log)
         stack.push_async_callback(server.close)
     for output in (kube, writer):  # started once the elector exists; closed in reverse
         if output is not None:
@@ -193,11 +197,17 @@ def _load_kube_api(cfg: RunConfig, log: Any) -> Any:
 
 
 async def _start_http(
-    cfg: RunConfig, elector: Elector, metrics: Metrics, loop_errors: LoopErrors, log: Any
+    cfg: RunConfig,
+    elector: Elector,
+    metrics: Metrics,
+    hub: WatchHub | None,
+    loop_errors: LoopErrors,
+    log: Any,
 ) -> Any:
     assert cfg.outputs.http_host is not None
     try:
-        return await start_server(make_app(elector, metrics.registry), cfg.outputs.http_host,
+        app = make_app(elector, metrics.registry, hub)
+        return await start_server(app, cfg.outputs.http_host,
                                   cfg.outputs.http_port, loop_errors=loop_errors)  # fmt: skip
     except OSError as exc:
         log.error(
@@ -238,7 +248,8 @@ def _log_start(cfg: RunConfig, log: Any) -> None:
         "starting", redis=r.redacted_url(),
         sentinels=[f"{h}:{p}" for h, p in r.sentinels] or None, master=r.sentinel_master,
         ttl=round(e.ttl, 3), refresh_interval=round(e.refresh_interval, 3),
-        renew_deadline=round(e.renew_deadline, 3), retry=e.retry_name,
+        renew_deadline=round(e.renew_deadline, 3), retry=e.retry_name, priority=e.priority,
+        preempt_delay=e.preempt_delay if e.preempt else None, advertise=e.advertise,
         http=f"{out.http_host}:{out.http_port}" if out.http_host is not None else None,
         status_file=out.status_file, exec=cfg.command[0] if cfg.command else None,
     )  # fmt: skip

@@ -509,7 +509,7 @@ class Elector:
                     self._resigned_until = self.clock.now() + request.hold_off
             self._end_term(term, stepped)
             await self._before_release(term, stepped)
-            await self._release(lease, request.to if request is not None else None)
+            await self._release(lease, request)
             return False
         self.term = None  # readers answer "not leader" from here on
         if reason == "lost":  # someone else holds it already: no grace left
@@ -595,7 +595,8 @@ class Elector:
         """A control request for this term arrived: step down for it."""
         self._request = request
         self._notify("on_control", "received", {
-            "request": request.op, "to": request.to, "hold_off_s": request.hold_off,
+            "request": request.op, "to": request.to, "to_identity": request.target,
+            "hold_off_s": request.hold_off,
         })  # fmt: skip
 
     async def _before_release(self, term: Term, reason: str) -> None:
@@ -607,16 +608,18 @@ class Elector:
             except Exception as exc:  # an output must never stop the election
                 self._observer_failed(o, "stepped_down", exc)
 
-    async def _release(self, lease: Lease, to: str | None = None) -> None:
+    async def _release(self, lease: Lease, request: Request | None = None) -> None:
         """Best effort: give the lease back if it is still ours, so a follower (or the
-        waiter `to`) takes over."""
+        waiter a switchover or preemption names) takes over."""
         try:
             with contextlib.suppress(*self._retryable):
-                if to is None:
+                if request is None or request.to is None:
                     await self.backend.release(lease, self.timeout)
                 else:
-                    handed = await self.backend.hand_over(lease, to, self.timeout)
-                    self._notify("on_control", "handed_over", {"to": to, "handed": handed})
+                    handed = await self.backend.hand_over(lease, request.to, self.timeout)
+                    self._notify("on_control", "handed_over", {
+                        "to": request.to, "to_identity": request.target, "handed": handed,
+                    })  # fmt: skip
         finally:
             self._not_leading.set()
 

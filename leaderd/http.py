@@ -1,4 +1,5 @@
-"""The HTTP server: /healthz, /readyz, /status and /metrics for probes and Prometheus.
+"""The HTTP server: /healthz, /readyz, /status and /metrics for probes and Prometheus;
+/watch streams the status (Server-Sent Events) to whoever follows the election.
 
 Every handler asks the elector at the moment it answers, so a process that was
 frozen past its deadline answers 503 on /readyz as soon as it runs again. The
@@ -11,6 +12,7 @@ logged once per change of state, never as a flood of tracebacks.
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .election import Elector
+from .election import ElectionObserver, Elector
 
 #: A connection must deliver a complete request within this many seconds.
 HEADER_TIMEOUT = 5.0
@@ -28,6 +30,12 @@ HEADER_TIMEOUT = 5.0
 IDLE_TIMEOUT = 15.0
 #: At most this many connections (fewer if the descriptor limit is low).
 MAX_CONNECTIONS = 256
+#: A /watch stream gets a comment line after this many quiet seconds (proxies keep it).
+HEARTBEAT = 10.0
+#: A /watch client that does not take an event within this many seconds is dropped.
+WRITE_TIMEOUT = 5.0
+#: The status fields whose change makes a /watch event.
+WATCHED = ("role", "leader", "leader_address", "fencing_token", "eligible")
 
 
 def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
@@ -38,7 +46,52 @@ def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
     return max(4, min(limit, soft // 4))
 
 
-def make_app(elector: Elector, registry: CollectorRegistry) -> web.Application:
+class WatchHub(ElectionObserver):
+    """Fans status snapshots out to /watch streams: one each time a watched field changes,
+    in order, into a bounded queue per stream (a stream that falls behind is dropped)."""
+
+    def __init__(self, max_watchers: int = MAX_CONNECTIONS // 2, backlog: int = 64) -> None:
+        self.max_watchers = max_watchers
+        self.backlog = backlog
+        self.queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.elector: Elector | None = None
+        self._last: tuple[Any, ...] | None = None
+
+    def bind(self, elector: Elector) -> None:
+        self.elector = elector
+
+    def on_status_change(self) -> None:
+        if self.elector is None:
+            return
+        status = self.elector.status()
+        key = watched(status)
+        if key == self._last:
+            return
+        self._last = key
+        for queue in list(self.queues):
+            if queue.qsize() >= self.backlog - 1:
+                self.queues.discard(queue)
+                queue.put_nowait(None)  # too far behind: the stream ends, the client resyncs
+            else:
+                queue.put_nowait(status)
+
+
+def watched(status: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(status.get(name) for name in WATCHED)
+
+
+def _event(status: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(status, separators=(",", ":")).encode() + b"\n\n"
+
+
+def make_app(
+    elector: Elector,
+    registry: CollectorRegistry,
+    hub: WatchHub | None = None,
+    heartbeat: float = HEARTBEAT,
+) -> web.Application:
+    """The routes; /watch needs `hub`, an observer given to `elector` when it was built."""
+
     async def healthz(request: web.Request) -> web.Response:
         if elector.healthy():
             return web.json_response({"status": "ok"})
@@ -52,21 +105,75 @@ def make_app(elector: Elector, registry: CollectorRegistry) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(elector.status())
 
+    async def watch(request: web.Request) -> web.StreamResponse:
+        assert hub is not None
+        if len(hub.queues) >= hub.max_watchers:
+            return web.json_response(
+                {"error": f"too many watchers (at most {hub.max_watchers})"}, status=503
+            )
+        guard = request.app.get(_GUARD)
+        gone = guard.lost_event(request.transport) if guard is not None else asyncio.Event()
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })  # fmt: skip
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        hub.queues.add(queue)
+        try:
+            await response.prepare(request)
+            await _follow(response, queue, gone, heartbeat)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or stopped reading: nothing to clean up but ours
+        finally:
+            hub.queues.discard(queue)
+        return response
+
+    async def _follow(
+        response: web.StreamResponse,
+        queue: asyncio.Queue[dict[str, Any] | None],
+        gone: asyncio.Event,
+        beat: float,
+    ) -> None:
+        """The current status, then one event per change, a comment when quiet."""
+        status: dict[str, Any] | None = elector.status()
+        last = None
+        while status is not None and not gone.is_set():
+            if watched(status) != last:
+                last = watched(status)
+                await asyncio.wait_for(response.write(_event(status)), WRITE_TIMEOUT)
+            getting = asyncio.ensure_future(queue.get())
+            leaving = asyncio.ensure_future(gone.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {getting, leaving}, timeout=beat, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                leaving.cancel()
+                if not getting.done():
+                    getting.cancel()
+            if getting in done:
+                status = getting.result()
+            elif not done:
+                await asyncio.wait_for(response.write(b": keep-alive\n\n"), WRITE_TIMEOUT)
+
     app = web.Application(middlewares=[_track_requests])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    if hub is not None:
+        app.router.add_get("/watch", watch)
     return app
 
 
 class _Conn:
-    __slots__ = ("busy", "deadline", "transport")
+    __slots__ = ("busy", "deadline", "lost", "transport")
 
     def __init__(self, transport: asyncio.BaseTransport, deadline: float) -> None:
         self.transport = transport
         self.deadline = deadline
         self.busy = 0
+        self.lost: asyncio.Event | None = None
 
 
 class ConnectionGuard:
@@ -101,7 +208,19 @@ class ConnectionGuard:
         self._schedule()
 
     def forget(self, transport: asyncio.BaseTransport) -> None:
-        self.conns.pop(transport, None)
+        conn = self.conns.pop(transport, None)
+        if conn is not None and conn.lost is not None:
+            conn.lost.set()
+
+    def lost_event(self, transport: asyncio.BaseTransport | None) -> asyncio.Event:
+        """An event set when `transport`'s connection goes away (a stream ends then)."""
+        event = asyncio.Event()
+        conn = self.conns.get(transport) if transport is not None else None
+        if conn is None:
+            event.set()
+        else:
+            conn.lost = event
+        return event
 
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
         conn = self.conns.get(transport) if transport is not None else None
@@ -116,7 +235,7 @@ class ConnectionGuard:
             conn.deadline = time.monotonic() + min(self.header_timeout, self.idle_timeout)
 
     def _close(self, conn: _Conn) -> None:
-        self.conns.pop(conn.transport, None)
+        self.forget(conn.transport)
         conn.transport.close()
 
     def _schedule(self) -> None:

@@ -108,4 +108,21 @@ class LogObserver(ElectionObserver):
         level("stepped_down", reason=reason, token=term.fencing_token, led_for_s=led_for)
 
     def on_new_leader(self, identity: str | None) -> None:
-        self.log.info("leader_changed", leader=identity)
+        self.log.info("leader_changed", leader=identity,
+                      leader_address=self.elector.leader_address)  # fmt: skip
+
+    def on_control(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "received":
+            self.log.info(
+                "control_request",
+                request=fields["request"],
+                to=fields.get("to_identity"),
+                hold_off_s=fields["hold_off_s"],
+            )
+        elif event == "handed_over":
+            self.log.info("handed_over", to=fields.get("to_identity"), handed=fields["handed"])
+        elif event == "preempt":
+            error = fields.get("error")
+            self.log.info("preempt_requested", leader=fields["leader"],
+                          leader_priority=fields["leader_priority"], outcome=fields["outcome"],
+                          **({"error": error_text(error)} if error else {}))  # fmt: skip

@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -210,7 +210,8 @@ def parse_request(raw: bytes | str | None, holder_value: str) -> Request | None:
     target = to if isinstance(to, str) and to else None
     if op != "resign" and target is None:
         return None
-    return Request(op, target, hold_off / 1000, str(data.get("id", "")))
+    shown = None if target is None else parse_holder(target).identity
+    return Request(op, target, hold_off / 1000, str(data.get("id", "")), shown)
 
 
 async def send_request(
@@ -243,7 +244,7 @@ async def send_request(
 
 async def follow(
     client: AsyncLockClient, election: str, poll: float = 1.0, timeout: float = 2.0
-) -> AsyncIterator[Holder | None]:
+) -> AsyncGenerator[Holder | None, None]:
     """The holder of `election`, then each change of holder or term (None: nobody).
 
     New terms and releases are announced on pub/sub, so a change is seen within
