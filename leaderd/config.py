@@ -609,7 +609,7 @@ def new_parser(prog: str) -> argparse.ArgumentParser:
 
 def join_negative_values(argv: list[str]) -> list[str]:
     """`--ttl -1s` -> `--ttl=-1s`, so a negative value gets the real error message."""
-    valued = {o.flag for o in RUN_OPTIONS if not o.is_switch}
+    valued = {o.flag for o in RUN_OPTIONS if not o.is_switch} | {"--wait", "--hold-off"}
     out: list[str] = []
     i = 0
     while i < len(argv):
