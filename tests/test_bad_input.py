@@ -3,7 +3,10 @@ the wrong type, password rotation, a status-file directory that disappears."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import redis
 
 from devtools.devserver import RedisServer
 
-from .daemons import Daemon, poll
+from .daemons import Daemon, leaderd_cmd, poll
 
 KEY = "leaderd:{jobs}"
 
@@ -119,11 +122,22 @@ def test_status_file_directory_vanishing_is_logged_once(
         d.stop()
 
 
+def _queued(admin: redis.Redis, identity: str) -> bool:
+    members = admin.zrange("leaderd:{jobs}:waiters", 0, -1)
+    return any(json.loads(m)["identity"] == identity for m in members)
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEADERD_")}
+    return subprocess.run(leaderd_cmd(*args), capture_output=True, text=True, timeout=30,
+                          env={**full, **(env or {})})  # fmt: skip
+
+
 ACL = (
-    "ACL SETUSER leaderd on >acl-Pass-1 ~leaderd:* resetchannels &leaderd:released:* "
+    "ACL SETUSER leaderd on >acl-Pass-1 ~leaderd:* resetchannels &leaderd:* "
     "+evalsha +eval +ping +hello +client|setname +subscribe +unsubscribe "
-    "+get +set +pexpire +pttl +del +exists +time +publish "
-    "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore"
+    "+get +set +pexpire +pttl +del +exists +time +publish +pubsub|numsub "
+    "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zscore"
 )
 
 
@@ -148,6 +162,22 @@ def test_the_documented_acl_is_enough(
     poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
     leader = next(d for d in ds if d.ready() == 200)
     other = next(d for d in ds if d is not leader)
+    env = {"LEADERD_REDIS_URL": url, "LEADERD_REDIS_PASSWORD_FILE": str(pw),
+           "LEADERD_ELECTION": "jobs"}  # fmt: skip
+    watch = subprocess.Popen(leaderd_cmd("watch"), stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **env})  # fmt: skip
+    assert watch.stdout is not None and "leader" in watch.stdout.readline()
+    poll(lambda: _queued(admin, other.identity), 10)
+    done = _run("switchover", "--to", other.identity, env=env)  # the operator's commands
+    assert done.returncode == 0, done.stderr  # work as this user too
+    assert poll(lambda: other.ready() == 200, 5)
+    poll(lambda: _queued(admin, leader.identity), 10)
+    done = _run("resign", "--hold-off", "0s", env=env)
+    assert done.returncode == 0, done.stderr
+    assert poll(lambda: leader.ready() == 200, 5)
+    assert f"leader {other.identity}" in watch.stdout.readline()  # watch, too
+    watch.terminate()
+    watch.wait(10)
     leader.signal(signal.SIGTERM)  # release + hand-over work under the ACL too
     poll(lambda: other.ready() == 200, 5)
     for d in ds:
@@ -173,6 +203,10 @@ def test_the_documented_per_election_acl_is_enough_and_confined(
     poll(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
     leader = next(d for d in ds if d.ready() == 200)
     other = next(d for d in ds if d is not leader)
+    poll(lambda: _queued(admin, other.identity), 10)
+    done = _run("switchover", "--redis-url", url, "--election", "jobs", "--to", other.identity)
+    assert done.returncode == 0, done.stderr
+    leader, other = other, leader
     leader.signal(signal.SIGTERM)  # release and hand-over on pub/sub, under the ACL
     poll(lambda: other.ready() == 200, 5)
     for d in ds:

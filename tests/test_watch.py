@@ -50,7 +50,7 @@ async def test_follow_sees_every_term_of_20_hand_overs_in_order_within_100ms(
             seen.append((holder.token if holder else None, time.monotonic()))
 
     watcher = asyncio.create_task(watching())
-    cli = subprocess.Popen(
+    cli = subprocess.Popen(  # noqa: ASYNC220 - read in a thread below
         leaderd_cmd("watch", "--redis-url", redis_server.url, "--election", "w", "--json"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
@@ -152,26 +152,28 @@ async def test_the_stream_starts_with_the_status_then_one_event_per_change() -> 
     server, port = await _serve(hub, elector, heartbeat=0.2)
     lead = Leading()
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/watch") as resp:
-                assert resp.headers["Content-Type"].startswith("text/event-stream")
-                [first] = await _events(resp, 1)
-                assert first["role"] == "starting" and first["leader"] is None
-                task = asyncio.create_task(elector.run(lead))
-                await until(lambda: lead.running)
-                got = await _events(resp, 1)
-                while got[-1] == ": keep-alive" or got[-1]["role"] != "leader":
-                    got += await _events(resp, 1)
-                leading = got[-1]
-                assert leading["leader"] == "a" and leading["fencing_token"] is not None
-                clock.advance(3.5)  # a refresh moves valid_until only: no event for it
-                quiet = await _events(resp, 1)
-                assert quiet == [": keep-alive"]  # the heartbeat, nothing else
-                elector.set_eligible(False, "app_unhealthy")
-                after = [e for e in await _events(resp, 2) if e != ": keep-alive"]
-                assert after[0]["eligible"] is False or after[0]["role"] == "follower"
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/watch") as resp,
+        ):
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            [first] = await _events(resp, 1)
+            assert first["role"] == "starting" and first["leader"] is None
+            task = asyncio.create_task(elector.run(lead))
+            await until(lambda: lead.running)
+            got = await _events(resp, 1)
+            while got[-1] == ": keep-alive" or got[-1]["role"] != "leader":
+                got += await _events(resp, 1)
+            leading = got[-1]
+            assert leading["leader"] == "a" and leading["fencing_token"] is not None
+            clock.advance(3.5)  # a refresh moves valid_until only: no event for it
+            quiet = await _events(resp, 1)
+            assert quiet == [": keep-alive"]  # the heartbeat, nothing else
+            elector.set_eligible(False, "app_unhealthy")
+            after = [e for e in await _events(resp, 2) if e != ": keep-alive"]
+            assert after[0]["eligible"] is False or after[0]["role"] == "follower"
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     finally:
         await server.close()
 
