@@ -1,6 +1,8 @@
 """Fault injection for `leaderd run`: daemons, a Redis behind per-daemon TCP proxies,
-seeded random faults, and a checker that rebuilds every leadership term from the
-daemons' JSON logs and proves the safety properties.
+a workload (an HTTP app) beside each daemon, seeded random faults (processes, network,
+Redis, the workloads, and operators' resign and switchover requests), and a checker
+that rebuilds every leadership term from the daemons' JSON logs and proves the safety
+properties.
 
 Short run: `pytest tests/chaos` (inside `make test`). Long run: `make chaos`.
 """
@@ -9,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.server
 import json
 import random
 import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +24,7 @@ from typing import Any
 
 from devtools.devserver import RedisServer
 
-from ..daemons import Daemon
+from ..daemons import REPO, Daemon, leaderd_cmd
 from .proxy import TcpProxy
 
 TTL = 1.0
@@ -30,6 +35,58 @@ RETRY = 0.3
 #: next refresh finds the key gone: at most one refresh interval plus one call.
 DATA_LOSS_BOUND = REFRESH + TIMEOUT
 SLACK = 0.05  # log timestamps and process scheduling
+#: The workload's health check: every 100 ms, 100 ms each, unhealthy after 2 failures.
+APP_INTERVAL, APP_TIMEOUT, APP_FAILURES = 0.1, 0.1, 2
+#: The invariant: nobody leads once its app has been unhealthy longer than this
+#: (failures x interval + timeout + one hand-over; 250 ms for a hand-over on a busy
+#: 2-core machine running five daemons and the faults).
+APP_BOUND = APP_FAILURES * APP_INTERVAL + APP_TIMEOUT + 0.25
+APP_FAULTS = ("app_500", "app_hang", "app_closed")
+
+
+class App:
+    """The workload beside one daemon: an HTTP server answering 200, or 500, or hanging,
+    or not listening at all, as the fault injector says."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.server: http.server.ThreadingHTTPServer | None = None
+        self.port = 0
+        self.start()
+
+    def start(self) -> None:
+        app = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                deadline = time.monotonic() + 5
+                while app.mode == "hang" and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                code = 500 if app.mode == "500" else 200
+                with contextlib.suppress(OSError):
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        server.allow_reuse_address = True
+        self.port = server.server_address[1]
+        self.server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
 
 
 def _ts(event: dict[str, Any]) -> float:
@@ -60,6 +117,7 @@ class Report:
     faults: list[Fault] = field(default_factory=list)
     terms: list[Term] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    app_checked: int = 0
     documented_overlaps: list[tuple[str, str, float]] = field(default_factory=list)
     recovery_s: float | None = None
 
@@ -72,7 +130,8 @@ class Report:
             f"seed {self.seed}: {len(self.faults)} faults {kinds}, {len(self.terms)} terms "
             f"checked, {len(self.documented_overlaps)} documented overlaps (worst "
             f"{worst * 1000:.0f} ms, bound {DATA_LOSS_BOUND * 1000:.0f} ms), "
-            f"{len(self.violations)} violations, recovery "
+            f"{self.app_checked} workload faults checked against the {APP_BOUND * 1000:.0f} ms "
+            f"bound, {len(self.violations)} violations, recovery "
             f"{self.recovery_s if self.recovery_s is None else round(self.recovery_s, 3)} s"
         )
 
@@ -111,6 +170,7 @@ class Chaos:
             ):
                 time.sleep(0.1)
         self.proxies = [TcpProxy(self.redis.port) for _ in range(n)]
+        self.apps = [App() for _ in range(n)]
         self.names = [f"d{i}" for i in range(n)]
         self.incarnation = dict.fromkeys(self.names, 0)
         self.daemons: dict[str, Daemon] = {}
@@ -124,6 +184,10 @@ class Chaos:
         self.daemons[name] = Daemon(
             self.workdir, url, name, *self.sentinel_args,
             "--log-level", "debug", "--retry-interval", f"{int(RETRY * 1000)}ms",
+            "--app-health-url", self.apps[i].url,
+            "--app-health-interval", f"{int(APP_INTERVAL * 1000)}ms",
+            "--app-health-timeout", f"{int(APP_TIMEOUT * 1000)}ms",
+            "--app-health-failures", str(APP_FAILURES),
             ttl=f"{TTL}s",
             log_name=f"{name}.{self.incarnation[name]}.log",
         )  # fmt: skip
@@ -133,9 +197,10 @@ class Chaos:
         """Run random faults for `duration` seconds."""
         end = time.monotonic() + duration
         while time.monotonic() < end:
-            kinds = ["kill", "stop", "redis_restart", "partition", "blackhole", "latency", "none"]
+            kinds = ["kill", "stop", "redis_restart", "partition", "blackhole", "latency",
+                     *APP_FAULTS, "resign", "switchover", "none"]  # fmt: skip
             if self.topology == "sentinel":
-                kinds = ["kill", "stop", "failover", "failover", "none"]
+                kinds = ["kill", "stop", "failover", "failover", "app_500", "switchover", "none"]
             kind = self.rng.choice(kinds)
             i = self.rng.randrange(len(self.names))
             hold = self.rng.uniform(0.2, 2.5 * TTL)
@@ -180,8 +245,32 @@ class Chaos:
             self.proxies[i].latency = self.rng.uniform(0.05, 0.4)
             time.sleep(hold)
             self.proxies[i].latency = 0.0
+        elif kind in APP_FAULTS:
+            app = self.apps[i]
+            if kind == "app_closed":
+                app.close()
+            app.mode = kind.removeprefix("app_")
+            time.sleep(hold)
+            app.mode = "ok"
+            if kind == "app_closed":
+                app.start()
+        elif kind in ("resign", "switchover"):
+            self._control(kind, name, hold)
         else:
             time.sleep(hold / 4)
+
+    def _control(self, kind: str, target: str, hold: float) -> None:
+        """An operator's request through Redis: resign (held off `hold`), or switchover
+        to `target` (refused if it is not a live, eligible waiter: that is fine too)."""
+        url = (f"redis://127.0.0.1:{self.redis.port}/0" if not self.sentinel_args
+               else "redis://")  # fmt: skip
+        args = ["resign", "--hold-off", f"{hold:.3f}s"] if kind == "resign" else [
+            "switchover", "--to", target]  # fmt: skip
+        subprocess.run(
+            leaderd_cmd(*args, "--redis-url", url, "--election", "jobs", "--wait", "3s",
+                        *self.sentinel_args[:4]),
+            capture_output=True, timeout=30, cwd=REPO,
+        )  # fmt: skip
 
     # -- after the faults ----------------------------------------------------------------
     def recover(self) -> None:
@@ -200,6 +289,8 @@ class Chaos:
             d.stop()
         for p in self.proxies:
             p.close()
+        for app in self.apps:
+            app.close()
         self.redis.stop()
         for server in self.extra:
             server.stop()
@@ -255,6 +346,20 @@ class Chaos:
                 report.violations.append(
                     f"token did not increase: {a.daemon} {a.token} then {b.daemon} {b.token}"
                 )
+        # Nobody leads once its workload has been unhealthy for longer than APP_BOUND.
+        for f in report.faults:
+            if f.kind not in APP_FAULTS:
+                continue
+            report.app_checked += 1
+            for t in report.terms:
+                if t.daemon != f.target:
+                    continue
+                late = max(t.start, f.start + APP_BOUND)
+                if min(t.end, f.end) - late > SLACK:
+                    report.violations.append(
+                        f"{t.daemon} led (token {t.token}) {min(t.end, f.end) - f.start:.3f}s "
+                        f"into its workload fault {f.kind}, bound {APP_BOUND:.3f}s"
+                    )
         # After a Sentinel failover the old primary must resync before WAIT can succeed.
         bound = TTL + RETRY + 0.5 + (15.0 if self.topology == "sentinel" else 0.0)
         if report.recovery_s is None or report.recovery_s > bound:
@@ -278,7 +383,9 @@ class Chaos:
             ax.barh(lanes[t.daemon], t.end - t.start, left=t.start - t0, height=0.5,
                     color="tab:green", edgecolor="black", linewidth=0.3)  # fmt: skip
         colors = {"kill": "red", "stop": "purple", "redis_restart": "black", "failover": "blue",
-                  "partition": "orange", "blackhole": "brown", "latency": "gold"}  # fmt: skip
+                  "partition": "orange", "blackhole": "brown", "latency": "gold",
+                  "app_500": "pink", "app_hang": "magenta", "app_closed": "grey",
+                  "resign": "cyan", "switchover": "teal"}  # fmt: skip
         for f in report.faults:
             y = lanes.get(f.target)
             if y is None:
