@@ -58,7 +58,7 @@ class App:
         app = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 deadline = time.monotonic() + 5
                 while app.mode == "hang" and time.monotonic() < deadline:
                     time.sleep(0.01)
