@@ -27,7 +27,7 @@ CHART = REPO / "helm" / "leaderd"
 K8S_VERSION = "1.30.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 ENDPOINTS = {"/healthz", "/readyz", "/status", "/metrics"}
-FLAG_ENVS = {o.env for o in RUN_OPTIONS} | {"POD_NAME", "POD_NAMESPACE"}
+FLAG_ENVS = {o.env for o in RUN_OPTIONS} | {"POD_NAME", "POD_NAMESPACE", "POD_IP"}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -39,6 +39,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "leaderd": {
             "priority": 5,
             "appHealth": {"url": "http://127.0.0.1:8080/healthz", "failures": 2},
+            "preempt": True,
+            "advertisePort": 8080,
         }
     },
     "secret-monitoring": {
@@ -161,8 +163,14 @@ def test_app_health_and_priority_reach_the_sidecar() -> None:
     }
     assert env["LEADERD_APP_HEALTH_URL"] == "http://127.0.0.1:8080/healthz"
     assert env["LEADERD_APP_HEALTH_FAILURES"] == "2" and env["LEADERD_PRIORITY"] == "5"
+    assert env["LEADERD_PREEMPT"] == "true" and env["LEADERD_PREEMPT_DELAY"] == "10s"
+    names = [e["name"] for e in sidecar(render(VALUE_SETS["app-health-priority"]))["env"]]
+    # Kubernetes expands $(POD_IP) only from a variable defined before it
+    assert names.index("POD_IP") < names.index("LEADERD_ADVERTISE")
+    assert env["LEADERD_ADVERTISE"] == "$(POD_IP):8080"
     default = {e["name"] for e in sidecar(render({}))["env"]}
-    assert "LEADERD_APP_HEALTH_URL" not in default and "LEADERD_PRIORITY" not in default
+    assert not default & {"LEADERD_APP_HEALTH_URL", "LEADERD_PRIORITY", "LEADERD_PREEMPT",
+                          "LEADERD_ADVERTISE"}  # fmt: skip
     chart = helm.Chart.load(str(CHART))
     with pytest.raises(helm.HelmError):
         chart.validate_schema({"leaderd": {"appHealth": {"url": "ftp://x"}}})

@@ -82,6 +82,18 @@ env:
   - name: LEADERD_PRIORITY
     value: {{ .Values.leaderd.priority | quote }}
   {{- end }}
+  {{- if .Values.leaderd.preempt }}
+  - name: LEADERD_PREEMPT
+    value: "true"
+  - name: LEADERD_PREEMPT_DELAY
+    value: {{ .Values.leaderd.preemptDelay | quote }}
+  {{- end }}
+  {{- if gt (int .Values.leaderd.advertisePort) 0 }}
+  - name: POD_IP
+    valueFrom: {fieldRef: {fieldPath: status.podIP}}
+  - name: LEADERD_ADVERTISE
+    value: "$(POD_IP):{{ .Values.leaderd.advertisePort }}"
+  {{- end }}
   {{- with .Values.leaderd.appHealth }}
   {{- if .url }}
   - name: LEADERD_APP_HEALTH_URL
