@@ -85,8 +85,13 @@ def main() -> None:
         try:
             for d in ds:
                 d.wait_http()
-            streams = {d.identity: Lines(urllib.request.urlopen(
-                f"http://127.0.0.1:{d.port}/watch", timeout=60), b"data: ") for d in ds}  # fmt: skip
+            streams = {
+                d.identity: Lines(
+                    urllib.request.urlopen(f"http://127.0.0.1:{d.port}/watch", timeout=60),
+                    b"data: ",
+                )
+                for d in ds
+            }
             r = redis.Redis.from_url(server.url)
             for n in range(args.runs):
                 poll(lambda: len(_queued(r)) == 2, 30)
