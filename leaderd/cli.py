@@ -103,6 +103,12 @@ def _control(args: argparse.Namespace) -> int:
         to = None
     else:
         hold_off, to = 0.0, args.to
+        if redis_settings.cluster:
+            raise ConfigError(
+                "switchover is not supported with --redis-cluster: a hand-over proves its "
+                "target alive by its pub/sub subscription, which leaderd has not there "
+                "(use resign)"
+            )
     try:
         outcome = asyncio.run(control(target, election, args.cmd, to, hold_off, wait))
     except CommandError as exc:

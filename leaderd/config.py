@@ -440,6 +440,10 @@ def build_run_config(
     redis = _redis_settings(values)
     election = _election_settings(values)
     outputs = _output_settings(values)
+    if redis.cluster and election.preempt:
+        values.fail("preempt", "is not supported with --redis-cluster (a hand-over proves its "
+                    "target alive by its pub/sub subscription, which leaderd has not there)",
+                    "true")  # fmt: skip
     return RunConfig(redis, election, outputs, command=command,
                      exit_on_loss=bool(values["exit_on_loss"]),
                      app_health=_app_health(values))  # fmt: skip

@@ -150,6 +150,13 @@ def test_bad_control_flags_are_one_line_and_exit_1(redis_server: RedisServer) ->
         (["switchover", *base], "the following arguments are required: --to"),
         (["switchover", "--election", "jobs", "--to", "x"], "--redis-url"),
         (["watch", "--redis-url", redis_server.url], "--election"),
+        (["switchover", *base, "--to", "x", "--redis-cluster"], "not supported with"),
+        (
+            ["run", *base, "--identity", "a", "--redis-cluster", "--preempt"],
+            "--preempt (env LEADERD_PREEMPT)='true': is not supported with --redis-cluster",
+        ),
+        (["run", *base, "--identity", "a", "--preempt-delay", "50ms"], "at least 100ms"),
+        (["run", *base, "--identity", "a", "--advertise", "has space"], "printable ASCII"),
     ):
         done = cli(*args)
         assert done.returncode == 1 and done.stdout == "", args
