@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -52,7 +52,7 @@ class AppHealth:
         self.healthy = False
         self.last_error: str | None = None
         self._streak = 0  # > 0: consecutive successes, < 0: consecutive failures
-        self._session: Any = None  # an aiohttp ClientSession, made at the first HTTP check
+        self._tls: ssl.SSLContext | None = None  # for https://, made at the first check
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -62,8 +62,6 @@ class AppHealth:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
-        if self._session is not None:
-            await self._session.close()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,12 +82,11 @@ class AppHealth:
 
     async def probe(self) -> bool:
         """One check, bounded by its timeout; True if the app answered as healthy."""
-        from aiohttp import ClientError  # the daemon extra; config needs none of this
-
         try:
             async with asyncio.timeout(self.check.timeout):
                 ok = await (self._tcp() if self.check.url.startswith("tcp://") else self._http())
-        except (TimeoutError, OSError, ClientError) as exc:
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:  # fmt: skip
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
             return False
         self.last_error = None if ok else self.last_error
@@ -105,15 +102,32 @@ class AppHealth:
         return True
 
     async def _http(self) -> bool:
-        from aiohttp import ClientSession, ClientTimeout, TCPConnector
-
-        if self._session is None:
-            self._session = ClientSession(
-                connector=TCPConnector(limit=1, force_close=True),
-                timeout=ClientTimeout(total=self.check.timeout),
-            )
-        async with self._session.get(self.check.url, allow_redirects=False) as response:
-            status: int = response.status
+        """GET the URL on a fresh connection and read only the status line (redirects are
+        not followed: a 3xx is not healthy)."""
+        parts = urlsplit(self.check.url)
+        assert parts.hostname is not None
+        tls = None
+        if parts.scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        port = parts.port or (443 if tls else 80)
+        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=tls)
+        try:
+            host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                         "User-Agent: leaderd-app-health\r\nAccept: */*\r\n"
+                         "Connection: close\r\n\r\n".encode("latin-1"))  # fmt: skip
+            line = await reader.readuntil(b"\n")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        words = line.split()
+        if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {line[:60]!r}")
+        status = int(words[1])
         ok = 200 <= status < 300
         if not ok:
             self.last_error = f"HTTP {status}"

@@ -1,8 +1,10 @@
 """The HTTP server: /healthz, /readyz, /status and /metrics for probes and Prometheus;
 /watch streams the status (Server-Sent Events) to whoever follows the election.
 
-Every handler asks the elector at the moment it answers, so a process that was
-frozen past its deadline answers 503 on /readyz as soon as it runs again. The
+A small HTTP/1.1 server on asyncio streams (GET and HEAD, keep-alive, no request
+bodies): all a probe, Prometheus and `curl` need, at a fraction of a web framework's
+memory. Every handler asks the elector at the moment it answers, so a process that
+was frozen past its deadline answers 503 on /readyz as soon as it runs again. The
 server protects itself: a connection must send a whole request within a header
 timeout and is closed when idle; past the connection cap the oldest idle connection
 makes room, so a probe always gets in; accept() failures at the descriptor limit are
@@ -16,11 +18,10 @@ import json
 import resource
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .election import ElectionObserver, Elector
 
@@ -36,6 +37,13 @@ HEARTBEAT = 10.0
 WRITE_TIMEOUT = 5.0
 #: The status fields whose change makes a /watch event.
 WATCHED = ("role", "leader", "leader_address", "fencing_token", "eligible")
+#: Limits of a request: one line (request line or header), and the number of headers.
+MAX_LINE = 4096
+MAX_HEADERS = 64
+JSON = "application/json; charset=utf-8"
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large",
+           501: "Not Implemented", 503: "Service Unavailable"}  # fmt: skip
 
 
 def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
@@ -44,6 +52,44 @@ def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
     if soft == resource.RLIM_INFINITY:
         return limit
     return max(4, min(limit, soft // 4))
+
+
+@dataclass
+class Request:
+    """What a handler gets: the method, the path (no query) and lower-cased headers."""
+
+    method: str
+    path: str
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)
+    writer: asyncio.StreamWriter | None = None
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the client left
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, separators=(",", ":")).encode())
+
+
+#: A handler answers with a Response, or streams itself and returns None (connection ends).
+Handler = Callable[[Request], Awaitable[Response | None]]
+
+
+class App:
+    """The routes: GET path -> handler; `streams`: the paths whose handler streams (the
+    connection is theirs until the client leaves)."""
+
+    def __init__(
+        self, routes: dict[str, Handler] | None = None, streams: frozenset[str] = frozenset()
+    ) -> None:
+        self.routes: dict[str, Handler] = dict(routes or {})
+        self.streams = streams
 
 
 class WatchHub(ElectionObserver):
@@ -89,47 +135,47 @@ def make_app(
     registry: CollectorRegistry,
     hub: WatchHub | None = None,
     heartbeat: float = HEARTBEAT,
-) -> web.Application:
+) -> App:
     """The routes; /watch needs `hub`, an observer given to `elector` when it was built."""
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(request: Request) -> Response:
         if elector.healthy():
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "stalled"}, status=503)
+            return json_response({"status": "ok"})
+        return json_response({"status": "stalled"}, status=503)
 
-    async def readyz(request: web.Request) -> web.Response:
+    async def readyz(request: Request) -> Response:
         status = elector.status()  # computed once: body and code always agree
         ready = status["role"] == "leader" and status["valid_until"] is not None
-        return web.json_response(status, status=200 if ready else 503)
+        return json_response(status, status=200 if ready else 503)
 
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(elector.status())
+    async def status(request: Request) -> Response:
+        return json_response(elector.status())
 
-    async def watch(request: web.Request) -> web.StreamResponse:
-        assert hub is not None
+    async def metrics(request: Request) -> Response:
+        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    async def watch(request: Request) -> Response | None:
+        assert hub is not None and request.writer is not None
         if len(hub.queues) >= hub.max_watchers:
-            return web.json_response(
+            return json_response(
                 {"error": f"too many watchers (at most {hub.max_watchers})"}, status=503
             )
-        guard = request.app.get(_GUARD)
-        gone = guard.lost_event(request.transport) if guard is not None else asyncio.Event()
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        })  # fmt: skip
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         hub.queues.add(queue)
         try:
-            await response.prepare(request)
-            await _follow(response, queue, gone, heartbeat)
+            writer = request.writer
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                         b"Connection: close\r\n\r\n")  # fmt: skip
+            await _follow(writer, queue, request.gone, heartbeat)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or stopped reading: nothing to clean up but ours
         finally:
             hub.queues.discard(queue)
-        return response
+        return None
 
     async def _follow(
-        response: web.StreamResponse,
+        writer: asyncio.StreamWriter,
         queue: asyncio.Queue[dict[str, Any] | None],
         gone: asyncio.Event,
         beat: float,
@@ -140,7 +186,8 @@ def make_app(
         while status is not None and not gone.is_set():
             if watched(status) != last:
                 last = watched(status)
-                await asyncio.wait_for(response.write(_event(status)), WRITE_TIMEOUT)
+                writer.write(_event(status))
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             getting = asyncio.ensure_future(queue.get())
             leaving = asyncio.ensure_future(gone.wait())
             try:
@@ -154,16 +201,15 @@ def make_app(
             if getting in done:
                 status = getting.result()
             elif not done:
-                await asyncio.wait_for(response.write(b": keep-alive\n\n"), WRITE_TIMEOUT)
+                writer.write(b": keep-alive\n\n")
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
-    app = web.Application(middlewares=[_track_requests])
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    routes: dict[str, Handler] = {
+        "/healthz": healthz, "/readyz": readyz, "/status": status, "/metrics": metrics,
+    }  # fmt: skip
     if hub is not None:
-        app.router.add_get("/watch", watch)
-    return app
+        routes["/watch"] = watch
+    return App(routes, streams=frozenset({"/watch"}))
 
 
 class _Conn:
@@ -258,76 +304,152 @@ class ConnectionGuard:
             self._sweeper = None
 
 
-class _GuardedProtocol(asyncio.Protocol):
-    """aiohttp's request handler, admitted and timed by a `ConnectionGuard`."""
-
-    def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
-        self.inner = inner
-        self.guard = guard
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.guard.admit(transport)
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.guard.forget(self.transport)
-        self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()  # type: ignore[no-any-return]
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+class _BadRequest(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
 
 
-@web.middleware
-async def _track_requests(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    guard: ConnectionGuard | None = request.app.get(_GUARD)
-    transport = request.transport
-    if guard is not None:
-        guard.request_started(transport)
+async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+    """One request's line and headers; None at a clean end of the connection."""
     try:
-        return await handler(request)
-    finally:
-        if guard is not None:
-            guard.request_done(transport)
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise _BadRequest(400) from exc
+        return None
+    except asyncio.LimitOverrunError as exc:
+        raise _BadRequest(431) from exc
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(400)
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    while True:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            raise _BadRequest(431) from exc
+        text = raw.decode("latin-1").strip()
+        if not text:
+            break
+        if len(headers) >= MAX_HEADERS or ":" not in text:
+            raise _BadRequest(431 if ":" in text else 400)
+        name, _, value = text.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _BadRequest(501)
+    length = headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > MAX_LINE:
+        raise _BadRequest(413 if length.isdigit() else 400)
+    if int(length):
+        await reader.readexactly(int(length))  # GET has no body: read and ignore it
+    return Request(method, target.split("?", 1)[0], version, headers)
 
 
-_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("leaderd_guard", ConnectionGuard)
+async def _until_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
+    """Read (and ignore) until the client closes its side, then set `gone`."""
+    try:
+        while await reader.read(4096):
+            pass
+    except (ConnectionError, OSError):
+        pass
+    gone.set()
+
+
+def _head(status: int, length: int, content_type: str, close: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+             f"Content-Type: {content_type}", f"Content-Length: {length}"]  # fmt: skip
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class HTTPServer:
     """A running server: `guard` (for tests and metrics), `close()` to stop it."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, guard: ConnectionGuard):
-        self.runner = runner
-        self.server = server
+    def __init__(self, app: App, guard: ConnectionGuard) -> None:
+        self.app = app
         self.guard = guard
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests one after another while the client keeps it alive."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        transport = writer.transport
+        self.guard.admit(transport)
+        gone = self.guard.lost_event(transport)
+        try:
+            while not gone.is_set():
+                try:
+                    request = await _read_request(reader)
+                except _BadRequest as bad:
+                    writer.write(_head(bad.status, 0, JSON, close=True))
+                    break
+                if request is None:
+                    break
+                request.writer, request.gone = writer, gone
+                leaving = None
+                if request.path in self.app.streams:  # notice at once when the client leaves
+                    leaving = asyncio.ensure_future(_until_eof(reader, gone))
+                self.guard.request_started(transport)
+                try:
+                    keep = await self._answer(request, writer)
+                finally:
+                    self.guard.request_done(transport)
+                    if leaving is not None:
+                        leaving.cancel()
+                        await asyncio.wait({leaving})
+                if not keep or leaving is not None:
+                    break  # a stream's connection (read ahead for its end) is not reused
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away, or the guard closed the connection
+        finally:
+            self.guard.forget(transport)
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _answer(self, request: Request, writer: asyncio.StreamWriter) -> bool:
+        """Route and answer one request; False if the connection must end."""
+        handler = self.app.routes.get(request.path)
+        if request.method not in ("GET", "HEAD"):
+            response: Response | None = json_response({"error": "only GET"}, 405)
+        elif handler is None:
+            response = json_response({"error": "not found"}, 404)
+        else:
+            response = await handler(request)
+        if response is None:
+            return False  # a stream: it wrote its own response, and ends the connection
+        close = request.headers.get("connection", "").lower() == "close" or (
+            request.version == "HTTP/1.0"
+            and request.headers.get("connection", "").lower() != "keep-alive"
+        )
+        body = b"" if request.method == "HEAD" else response.body
+        writer.write(_head(response.status, len(response.body), response.content_type, close))
+        writer.write(body)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        return not close
 
     async def close(self) -> None:
         self.guard.close()
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
         for conn in list(self.guard.conns.values()):
             conn.transport.close()
-        await self.runner.cleanup()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+        if self.server is not None:
+            await self.server.wait_closed()
 
-    # `cleanup` kept for callers that treat this like an aiohttp runner
+    # `cleanup`: the name callers of a runner expect
     cleanup = close
 
 
 async def start_server(
-    app: web.Application,
+    app: App,
     host: str,
     port: int,
     *,
@@ -338,24 +460,11 @@ async def start_server(
     guard = ConnectionGuard(connection_cap() if max_connections is None else max_connections)
     if loop_errors is not None:
         guard.on_accept = loop_errors.accepted
-    app[_GUARD] = guard
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_TIMEOUT,
-        max_line_size=4096, max_field_size=4096, max_headers=64,
-    )  # fmt: skip
-    await runner.setup()
-    assert runner.server is not None
-    handler_factory = runner.server
-    loop = asyncio.get_running_loop()
-    try:
-        server = await loop.create_server(
-            lambda: _GuardedProtocol(handler_factory(), guard),
-            host, port, reuse_address=True, backlog=128,
-        )  # fmt: skip
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return HTTPServer(runner, server, guard)
+    server = HTTPServer(app, guard)
+    server.server = await asyncio.start_server(
+        server.serve, host, port, reuse_address=True, backlog=128, limit=MAX_LINE
+    )
+    return server
 
 
 class LoopErrors:

@@ -67,15 +67,14 @@ def test_readyz_answers_under_1000_idle_connections_and_idle_ones_are_closed(
 SERVER = textwrap.dedent(
     """
     import asyncio, resource, sys
-    from leaderd.http import LoopErrors, start_server
+    from leaderd.http import App, LoopErrors, start_server
     from leaderd.logs import configure, get_logger
-    from aiohttp import web
 
     async def main(port):
         configure("json", "info")
         errors = LoopErrors(get_logger())
         errors.install()
-        app = web.Application()
+        app = App()
         server = await start_server(app, "127.0.0.1", port, max_connections=100000,
                                     loop_errors=errors)
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
