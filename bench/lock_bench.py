@@ -8,6 +8,7 @@ alike; figures are medians over rounds. Run with `make bench` or
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import random
 import statistics
@@ -84,6 +85,19 @@ class Results:
     wake_proc_ms: dict[str, list[float]] = field(default_factory=dict)
     contention_per_s: dict[str, list[float]] = field(default_factory=dict)
     contention_max_wait_ms: dict[str, list[float]] = field(default_factory=dict)
+    contention_other_share: dict[str, list[float]] = field(default_factory=dict)
+    contention_commands: dict[str, list[float]] = field(default_factory=dict)
+    counter_per_s: dict[str, list[float]] = field(default_factory=dict)
+    counter_commands: dict[str, list[float]] = field(default_factory=dict)
+    counter_lost: dict[str, int] = field(default_factory=dict)
+    server_commands_per_cycle: dict[str, list[float]] = field(default_factory=dict)
+
+
+def server_commands(url: str) -> int:
+    """Commands the server has executed (INFO commandstats; scripts' own calls included),
+    not counting the INFO calls themselves."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
 def uncontended(url: str, name: str, make: Any, cycles: int, res: Results) -> None:
@@ -93,10 +107,14 @@ def uncontended(url: str, name: str, make: Any, cycles: int, res: Results) -> No
     for _ in range(50):  # warm up: connections open, scripts cached
         release(acquire(key))
     sent = counting.sent
+    before = server_commands(url)
     started = time.perf_counter()
     for _ in range(cycles):
         release(acquire(key))
     elapsed = time.perf_counter() - started
+    res.server_commands_per_cycle.setdefault(name, []).append(
+        (server_commands(url) - before) / cycles
+    )
     res.cycles_per_s.setdefault(name, []).append(cycles / elapsed)
     res.requests_per_cycle[name] = (counting.sent - sent) / cycles
     r.close()
@@ -188,14 +206,24 @@ def wakeup(
         c.close()
 
 
-def contention(url: str, name: str, make: Any, seconds: float, res: Results) -> None:
-    key = f"bench:contention:{name}"
+def contention(
+    url: str, name: str, make: Any, seconds: float, res: Results, counter: bool = False
+) -> None:
+    """4 workers loop acquire / work / release on one key. The work is holding 1 ms, or
+    (`counter`) a read-modify-write of a Redis counter, whose final value shows whether
+    any two holders overlapped (a lost update)."""
+    key = f"bench:{'counter' if counter else 'contention'}:{name}"
+    count_key = key + ":n"
+    admin = redis.Redis.from_url(url)
+    admin.delete(count_key)
     stop = time.perf_counter() + seconds
     counts: list[int] = []
     waits: list[float] = []
+    order: list[int] = []  # which worker acquired, in order
     mutex = threading.Lock()
+    before = server_commands(url)
 
-    def worker() -> None:
+    def worker(me: int) -> None:
         r, _ = new_client(url)
         acquire, release = make(r)
         n, longest = 0, 0.0
@@ -203,7 +231,12 @@ def contention(url: str, name: str, make: Any, seconds: float, res: Results) -> 
             t0 = time.perf_counter()
             handle = acquire(key)
             longest = max(longest, time.perf_counter() - t0)
-            time.sleep(0.001)
+            order.append(me)
+            if counter:
+                value = int(r.get(count_key) or 0)
+                r.set(count_key, value + 1)
+            else:
+                time.sleep(0.001)
             release(handle)
             n += 1
         with mutex:
@@ -211,13 +244,28 @@ def contention(url: str, name: str, make: Any, seconds: float, res: Results) -> 
             waits.append(longest)
         r.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(seconds + 60)
-    res.contention_per_s.setdefault(name, []).append(sum(counts) / seconds)
-    res.contention_max_wait_ms.setdefault(name, []).append(max(waits) * 1000)
+    total = sum(counts)
+    # the workers' own GET and SET of the counter are not the lock's commands
+    commands = (server_commands(url) - before - (2 * total if counter else 0)) / total
+    switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
+    if counter:
+        res.counter_per_s.setdefault(name, []).append(total / seconds)
+        res.counter_commands.setdefault(name, []).append(commands)
+        lost = total - int(admin.get(count_key) or 0)
+        res.counter_lost[name] = res.counter_lost.get(name, 0) + lost
+    else:
+        res.contention_per_s.setdefault(name, []).append(total / seconds)
+        res.contention_commands.setdefault(name, []).append(commands)
+    res.contention_max_wait_ms.setdefault(name + (":counter" if counter else ""), []).append(
+        max(waits) * 1000)  # fmt: skip
+    res.contention_other_share.setdefault(name + (":counter" if counter else ""), []).append(
+        switches / max(1, len(order) - 1))  # fmt: skip
+    admin.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -245,15 +293,20 @@ def main() -> None:
                     wakeup(server.url, name, make, res, None)
             for name, make in LIBS:
                 contention(server.url, name, make, args.contention_seconds, res)
+            for name, make in LIBS:
+                contention(server.url, name, make, args.contention_seconds, res, counter=True)
         pool.close()
 
     base = statistics.median(res.cycles_per_s["redis-py Lock"])
     print(f"\n### Uncontended acquire+release ({args.rounds} rounds x {args.cycles} cycles)\n")
-    print("| library | cycles/s (median) | vs redis-py | client requests/cycle |")
-    print("|---|---:|---:|---:|")
+    print("| library | cycles/s (median) | vs redis-py | client requests/cycle | "
+          "server commands/cycle |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
     for name, _ in LIBS:
         med = statistics.median(res.cycles_per_s[name])
-        print(f"| {name} | {med:,.0f} | {med / base:.2f}x | {res.requests_per_cycle[name]:.2f} |")
+        cmds = statistics.median(res.server_commands_per_cycle[name])
+        print(f"| {name} | {med:,.0f} | {med / base:.2f}x | {res.requests_per_cycle[name]:.2f} "
+              f"| {cmds:.1f} |")  # fmt: skip
 
     for title, data in [
         ("3 waiter processes", res.wake_proc_ms),
@@ -269,13 +322,28 @@ def main() -> None:
             med = statistics.median(v)
             print(f"| {name} | {med:.2f} | {pct(v, 0.95):.2f} | {max(v):.2f} | {med / lead:.1f}x |")
 
-    print(f"\n### Contention: 4 workers, hold 1 ms ({args.rounds} x {args.contention_seconds}s)\n")
-    print("| library | acquisitions/s (median) | longest single wait ms (median of rounds) |")
-    print("|---|---:|---:|")
-    for name, _ in LIBS:
-        acq = statistics.median(res.contention_per_s[name])
-        wait = statistics.median(res.contention_max_wait_ms[name])
-        print(f"| {name} | {acq:,.0f} | {wait:.1f} |")
+    for title, per_s, cmds, suffix in (
+        ("hold 1 ms", res.contention_per_s, res.contention_commands, ""),
+        ("counter increment under the lock", res.counter_per_s, res.counter_commands,
+         ":counter"),
+    ):  # fmt: skip
+        print(f"\n### Contention: 4 workers, {title} ({args.rounds} x "
+              f"{args.contention_seconds}s)\n")  # fmt: skip
+        print("| library | acquisitions/s (median) | vs python-redis-lock | server commands "
+              "per acquisition | hand-overs to another worker | longest wait ms (median of "
+              "rounds) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|")
+        fair = statistics.median(per_s["python-redis-lock"])
+        for name, _ in LIBS:
+            acq = statistics.median(per_s[name])
+            wait = statistics.median(res.contention_max_wait_ms[name + suffix])
+            share = statistics.median(res.contention_other_share[name + suffix])
+            print(
+                f"| {name} | {acq:,.0f} | {acq / fair:.2f}x | "
+                f"{statistics.median(cmds[name]):.1f} | {share * 100:.0f} % | {wait:.1f} |"
+            )
+    lost = {name: res.counter_lost.get(name, 0) for name, _ in LIBS}
+    print(f"\nLost counter updates (overlapping holders), all rounds: {lost}")
 
 
 if __name__ == "__main__":

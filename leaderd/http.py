@@ -21,9 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
 from .election import ElectionObserver, Elector
+from .metrics import CONTENT_TYPE, Registry
 
 #: A connection must deliver a complete request within this many seconds.
 HEADER_TIMEOUT = 5.0
@@ -132,7 +131,7 @@ def _event(status: dict[str, Any]) -> bytes:
 
 def make_app(
     elector: Elector,
-    registry: CollectorRegistry,
+    registry: Registry,
     hub: WatchHub | None = None,
     heartbeat: float = HEARTBEAT,
 ) -> App:
@@ -152,7 +151,7 @@ def make_app(
         return json_response(elector.status())
 
     async def metrics(request: Request) -> Response:
-        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        return Response(200, registry.render(), CONTENT_TYPE)
 
     async def watch(request: Request) -> Response | None:
         assert hub is not None and request.writer is not None

@@ -12,7 +12,7 @@ def test_the_library_depends_on_redis_only() -> None:
     assert [r.split(";")[0].replace(" ", "") for r in base] == ["redis>=5.3"]
     daemon = {r.split(";")[0].split(">")[0].strip() for r in requires("leaderd") or []
               if 'extra == "daemon"' in r}  # fmt: skip
-    assert daemon == {"prometheus-client", "structlog"}
+    assert daemon == {"structlog"}
 
 
 def test_importing_the_library_loads_no_daemon_dependency() -> None:
@@ -26,7 +26,7 @@ def test_importing_the_library_loads_no_daemon_dependency() -> None:
 
 def test_run_without_the_extra_says_what_to_install() -> None:
     code = (
-        "import sys; sys.modules['prometheus_client'] = None; from leaderd.cli import main; "
+        "import sys; sys.modules['structlog'] = None; from leaderd.cli import main; "
         "sys.exit(main(['run', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
