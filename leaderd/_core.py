@@ -113,15 +113,28 @@ def fence_key(key: str) -> str:
 
 
 def helper_keys(key: str) -> list[str]:
-    """Waiter queue, waiter expiries and hand-over reservation keys for `key`."""
+    """The waiter queue (a zset) and the "someone is waiting" flag of `key`."""
     prefix = _slot_prefix(key)
-    return [prefix + ":waiters", prefix + ":waiters:exp", prefix + ":next"]
+    return [prefix + ":waiters", prefix + ":waiting"]
 
 
-def leave_queue_commands(key: str, value: str) -> list[tuple[str, ...]]:
+def leave_queue_commands(key: str, member: str) -> list[tuple[str, ...]]:
     """Remove a waiter's entry from the queue (a waiter that stops waiting early)."""
-    waiters, expiries, _ = helper_keys(key)
-    return [("ZREM", waiters, value), ("ZREM", expiries, value)]
+    return [("ZREM", helper_keys(key)[0], member)]
+
+
+def queue_member(listener: str, value: str) -> str:
+    """A waiter's queue entry: the id of the subscription it listens on, and its value."""
+    return f"{listener}|{value}"
+
+
+def queued_value(member: str) -> str:
+    """The lock value inside a queue entry."""
+    return member.split("|", 1)[-1]
+
+
+#: What a lock key holds while it is handed over to a waiter (then `HANDOVER` + member).
+HANDOVER = "\0handover\0"
 
 
 def release_channel(key: str) -> str:
@@ -201,24 +214,35 @@ def check_priority(priority: int) -> int:
 
 
 def acquire_args(
-    key: str, value: str, px: int, embed_token: bool, wait_ms: int = 0, priority: int = 0
+    key: str,
+    value: str,
+    px: int,
+    embed_token: bool,
+    wait_ms: int = 0,
+    priority: int = 0,
+    member: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Keys and args of the acquire script; `wait_ms` > 0 queues a waiting caller with
+    """Keys and args of the acquire script; with `wait_ms` > 0 and a `member` (the
+    caller listens for hand-overs), a caller that does not get the lock is queued with
     `priority` (highest served first)."""
     keys = [key, fence_key(key), *helper_keys(key)]
-    args = [value, str(px), "1" if embed_token else "0", str(wait_ms), str(priority)]
+    args = [value, str(px), "1" if embed_token else "0", str(wait_ms if member else 0),
+            str(priority), member]  # fmt: skip
     if embed_token:
         args.append(terms_channel(key))  # elections announce each new term to watchers
     return keys, args
 
 
-def release_args(key: str, value: str, to: str | None = None) -> tuple[list[str], list[str]]:
+def release_args(
+    key: str, value: str, to: str | None = None, announce: bool = False
+) -> tuple[list[str], list[str]]:
     """Keys and args of the release script; `to`: hand over to this waiter (its queue
-    value) if it is still queued and listening, for longer than an ordinary hand-over."""
+    member) if it is still queued and listening, for longer than an ordinary hand-over;
+    `announce`: tell an election's watchers."""
     keys = [key, *helper_keys(key)]
-    args = [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000))]
-    if to is not None:
-        args += [to, str(round(TARGET_HANDOFF_SECONDS * 1000))]
+    args = [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000)), to or "",
+            str(round(TARGET_HANDOFF_SECONDS * 1000)),
+            terms_channel(key) if announce else ""]  # fmt: skip
     return keys, args
 
 
@@ -241,10 +265,13 @@ def parse_acquire(reply: object) -> AcquireResult:
 
 
 def parse_holder(value: object, pttl: int) -> tuple[str | None, float | None]:
-    """(holder value, seconds left) from a GET and a PTTL of a lock key."""
+    """(holder value, seconds left) from a GET and a PTTL of a lock key; a lock being
+    handed over has no holder yet (None, seconds the reservation lasts)."""
     if value is None:
         return None, None
-    return _text(value), (pttl / 1000.0 if pttl >= 0 else None)
+    text = _text(value)
+    left = pttl / 1000.0 if pttl >= 0 else None
+    return (None if text.startswith(HANDOVER) else text), left
 
 
 #: Error replies that mean "this node cannot serve writes right now" (failover,
@@ -281,9 +308,14 @@ def is_noscript_reply(reply: object) -> bool:
     return isinstance(reply, BaseException) and is_noscript(reply)
 
 
-def waiter_channels(key: str, value: str) -> list[str]:
-    """A waiter hears releases with nobody queued, and hand-overs to itself."""
-    return [release_channel(key), release_channel(key) + "|" + value]
+def waiter_channel(key: str, listener: str) -> str:
+    """Where a listener (one subscription, reused by its waits on `key`) hears that the
+    lock was handed to one of its queue entries."""
+    return release_channel(key) + "|" + listener
+
+
+def new_listener_id() -> str:
+    return secrets.token_hex(8)
 
 
 class RetryPlan:
@@ -315,10 +347,14 @@ class RetryPlan:
         self.holder: str | None = None
         self.last_error: Exception | None = None
 
-    def wait_ms(self, now: float) -> int:
-        """How long to stay queued as a waiter after this attempt (0: not waiting yet)."""
+    def wait_ms(self, now: float, listening: bool = False) -> int:
+        """How long to stay queued as a waiter after this attempt (0: not waiting yet).
+        A caller already listening queues from its first attempt, if it will retry."""
         if self.attempts == 0:
-            return 0
+            if not listening:
+                return 0
+            delay = self.strategy.next_delay(1)
+            return 0 if delay is None else round((delay + 1.0) * 1000)
         return round((max(0.0, self.next_retry_at - now) + 1.0) * 1000)
 
     def failed(self, started: float, result: AcquireResult | None, error: Exception | None) -> bool:
@@ -368,13 +404,22 @@ class LockBase:
     """State shared by sync and async lock objects; no I/O here."""
 
     __slots__ = (
-        "_client", "acquired_at", "expiration", "fencing_token", "key", "valid_until", "value"
+        "_client", "acquired_at", "announce", "expiration", "fencing_token", "key",
+        "valid_until", "value",
     )  # fmt: skip
 
     def __init__(
-        self, client: Any, key: str, value: str, expiration: float, token: int, started: float
+        self,
+        client: Any,
+        key: str,
+        value: str,
+        expiration: float,
+        token: int,
+        started: float,
+        announce: bool = False,
     ) -> None:
         self._client = client  #: the LockClient or AsyncLockClient that acquired it
+        self.announce = announce  #: an election's lock: its release is announced
         self.key = key
         self.value = value  #: the exact value stored in Redis for this lock
         self.expiration = expiration  #: lease length in seconds, reused by refresh
@@ -444,16 +489,17 @@ AttemptOutcome = tuple[AcquireResult | None, Exception | None]
 
 
 def lock_flow(
-    plan: RetryPlan, on_attempt: AttemptHook | None
+    plan: RetryPlan, on_attempt: AttemptHook | None, listening: bool = False
 ) -> Generator[LockStep, Any, tuple[AcquireResult, float]]:
     """The steps of `lock()`: returns the winning result and when its attempt started.
 
-    Raises `MaxRetryError` (from `plan`) when the strategy gives up.
+    `listening`: the caller's subscription for this key exists already (an earlier
+    `lock()` made it), so even its first attempt queues it. Raises `MaxRetryError`
+    (from `plan`) when the strategy gives up.
     """
-    listening = False
     while True:
         started = time.monotonic()
-        outcome: AttemptOutcome = yield Attempt(plan.wait_ms(started))
+        outcome: AttemptOutcome = yield Attempt(plan.wait_ms(started, listening))
         result, error = outcome
         if on_attempt is not None:
             on_attempt(result, error)
@@ -554,8 +600,8 @@ def refresh_args(lock: LockBase) -> tuple[Script, list[str], list[str]]:
     return REFRESH, [lock.key], [lock.value, str(lock.px)]
 
 
-def release_call(lock: LockBase) -> tuple[Script, list[str], list[str]]:
-    keys, args = release_args(lock.key, lock.value)
+def release_call(lock: LockBase, to: str | None = None) -> tuple[Script, list[str], list[str]]:
+    keys, args = release_args(lock.key, lock.value, to, lock.announce)
     return RELEASE, keys, args
 
 

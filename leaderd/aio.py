@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Generator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,9 @@ from .errors import (
 )
 from .strategy import RetryStrategy
 
+#: Subscriptions kept for this many keys (the least recently used closes).
+MAX_LISTENERS = 64
+
 
 class AsyncLockClient:
     """Acquires locks on one Redis through a `redis.asyncio.Redis` client."""
@@ -33,6 +37,41 @@ class AsyncLockClient:
         the write, else it fails with `NotReplicatedError`."""
         self.redis = client
         self.min_replicas = _core.check_min_replicas(min_replicas)
+        # One subscription per key a lock() waited on, kept between calls: a returning
+        # waiter listens already, so it queues at its first attempt.
+        self._listeners: OrderedDict[str, AsyncSubscription] = OrderedDict()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    async def aclose(self) -> None:
+        """Close the subscriptions this client keeps (the redis client is left open)."""
+        listeners, self._listeners = list(self._listeners.values()), OrderedDict()
+        for listener in listeners:
+            await listener.close()
+
+    async def _listener(
+        self, key: str, timeout: float | None, create: bool
+    ) -> AsyncSubscription | None:
+        """The live subscription for `key`'s hand-overs (made if `create`)."""
+        listener = self._listeners.get(key)
+        if listener is not None and listener.subscribed:
+            self._listeners.move_to_end(key)
+            return listener
+        if listener is not None:
+            del self._listeners[key]
+            await listener.close()
+        if not create:
+            return None
+        lid = _core.new_listener_id()
+        listener = await AsyncSubscription.start(
+            self.redis, [_core.waiter_channel(key, lid)], timeout, listener=lid
+        )
+        if not listener.subscribed:
+            return None
+        self._listeners[key] = listener
+        if len(self._listeners) > MAX_LISTENERS:
+            _, oldest = self._listeners.popitem(last=False)
+            await oldest.close()
+        return listener
 
     # -- I/O -------------------------------------------------------------------------
     async def _eval(
@@ -104,8 +143,9 @@ class AsyncLockClient:
         embed: bool,
         wait_ms: int = 0,
         priority: int = 0,
+        member: str = "",
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority, member)
         try:
             return _core.parse_acquire(await self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -128,7 +168,7 @@ class AsyncLockClient:
         started = time.monotonic()
         result = await self._acquire(key, value, px, timeout, embed_token)
         stored, token = _core.won(result, key, value)
-        return AsyncLock(self, key, stored, expiration, token, started)
+        return AsyncLock(self, key, stored, expiration, token, started, embed_token)
 
     async def lock(
         self,
@@ -146,9 +186,10 @@ class AsyncLockClient:
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
-        flow = _core.lock_flow(plan, on_attempt)
-        waiter: AsyncSubscription | None = None
+        waiter = await self._listener(key, timeout, create=False)
+        flow = _core.lock_flow(plan, on_attempt, listening=waiter is not None)
         sent: Any = None
+        queued = ""  # our queue entry, if an attempt queued us
         try:
             while True:
                 try:
@@ -156,24 +197,36 @@ class AsyncLockClient:
                 except StopIteration as done:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
-                    return AsyncLock(self, key, stored, expiration, token, started)
+                    queued = ""  # the winning attempt left the queue
+                    return AsyncLock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
+                    member = ""
+                    if waiter is not None and step.wait_ms:
+                        member = queued = _core.queue_member(waiter.listener, value)
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
-                                                     step.wait_ms, priority)  # fmt: skip
+                                                     step.wait_ms, priority, member)  # fmt: skip
                         sent = (result, None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
-                    channels = _core.waiter_channels(key, value)
-                    waiter = await AsyncSubscription.start(self.redis, channels, timeout)
-                    sent = waiter.subscribed
+                    waiter = await self._listener(key, timeout, create=True)
+                    sent = waiter is not None
                 else:
                     await self._wait(step.until, waiter)
                     sent = None
         finally:
-            if waiter is not None:
-                await waiter.close()
+            if queued:  # gave up, failed or was cancelled while queued: leave the queue
+                self._in_background(
+                    self.commands(_core.leave_queue_commands(key, queued), timeout)
+                )
+
+    def _in_background(self, call: Awaitable[Any]) -> None:
+        """Run a best-effort call without making anyone wait for it."""
+        task = asyncio.ensure_future(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_retrieve)
 
     @staticmethod
     async def _wait(wake_at: float, waiter: AsyncSubscription | None) -> None:
@@ -193,7 +246,10 @@ class AsyncLockClient:
 
     async def leave_queue(self, key: str, value: str, timeout: float | None = 1.0) -> None:
         """Give up a waiter's place in `key`'s queue (a `lock()` call abandoned early)."""
-        await self.commands(_core.leave_queue_commands(key, value), timeout)
+        listener = self._listeners.get(key)
+        if listener is not None:
+            member = _core.queue_member(listener.listener, value)
+            await self.commands(_core.leave_queue_commands(key, member), timeout)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -245,9 +301,10 @@ class AsyncSubscription:
     caller's own cancellation never passes through them.
     """
 
-    def __init__(self, pubsub: Any, channels: list[str]) -> None:
+    def __init__(self, pubsub: Any, channels: list[str], listener: str = "") -> None:
         self.pubsub = pubsub
         self.channels = channels
+        self.listener = listener  #: the id a lock waiter's queue entries carry
         self.subscribed = False
         loop = asyncio.get_running_loop()
         self._confirmed: asyncio.Future[bool] = loop.create_future()
@@ -256,14 +313,18 @@ class AsyncSubscription:
 
     @classmethod
     async def start(
-        cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
+        cls,
+        client: redis.asyncio.Redis,
+        channels: list[str],
+        timeout: float | None,
+        listener: str = "",
     ) -> AsyncSubscription:
         make_pubsub = getattr(client, "pubsub", None)
         if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
-            self = cls(None, channels)
+            self = cls(None, channels, listener)
             await self.close()
             return self
-        self = cls(make_pubsub(ignore_subscribe_messages=False), channels)
+        self = cls(make_pubsub(ignore_subscribe_messages=False), channels, listener)
         try:
             await asyncio.wait({self._confirmed}, timeout=timeout or 1.0)
         except BaseException:
@@ -334,11 +395,10 @@ class AsyncLock(LockBase):
         _core.released(self, await self._call(_core.release_call(self), timeout))
 
     async def hand_over(self, to: str, timeout: float | None = 1.0) -> bool:
-        """Release the lock to the waiter whose value is `to`, reserved for it alone; True
-        if it was, False if `to` no longer waits (then the next waiter gets it as on
-        `unlock`). `LockNotHeldError` if the lock is not ours."""
-        keys, args = _core.release_args(self.key, self.value, to)
-        ok = await self._call((_core.RELEASE, keys, args), timeout)
+        """Release the lock to the waiter whose queue entry is `to`, reserved for it
+        alone; True if it was, False if `to` no longer waits (then the next waiter gets
+        it as on `unlock`). `LockNotHeldError` if the lock is not ours."""
+        ok = await self._call(_core.release_call(self, to), timeout)
         _core.released(self, ok)
         return int(ok) == 2
 

@@ -27,6 +27,7 @@ from .config import (
     new_parser,
     parse_duration,
 )
+from ._core import parse_holder as core_holder
 from .connection import redact_url, sync_client
 from .redis_backend import election_key, parse_holder
 
@@ -139,7 +140,8 @@ def _status(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"cannot read {key} from {redact_url(redis_settings.url)}: {exc}"
         ) from exc
-    holder = parse_holder(raw.decode("utf-8", "replace")) if raw is not None else None
+    value, _ = core_holder(raw, pttl)  # a lock being handed over has no holder yet
+    holder = parse_holder(value) if value is not None else None
     token = holder.token if holder is not None else None
     info = {
         "election": election,
@@ -148,7 +150,7 @@ def _status(args: argparse.Namespace) -> int:
         "foreign_holder": holder.foreign if holder is not None else None,
         "fencing_token": token,
         "leader_address": holder.address if holder is not None else None,
-        "ttl_seconds": round(pttl / 1000, 3) if raw is not None and pttl >= 0 else None,
+        "ttl_seconds": round(pttl / 1000, 3) if holder is not None and pttl >= 0 else None,
     }
     if args.json:
         print(json.dumps(info))

@@ -6,9 +6,11 @@ costs at most `timeout` seconds per attempt and never blocks a caller forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -19,6 +21,9 @@ from . import _core, _wire
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import LockError
 from .strategy import RetryStrategy
+
+#: Per thread, subscriptions kept for this many keys (the least recently used closes).
+MAX_LISTENERS = 16
 
 DEFAULT_RETRY, TRANSIENT = _core.DEFAULT_RETRY, _core.TRANSIENT
 
@@ -38,6 +43,10 @@ class LockClient:
         self._idle: list[Any] = []
         self._mutex = threading.Lock()
         self._pid = os.getpid()
+        # Each thread's subscriptions, one per key it waited on, kept between lock()
+        # calls: a returning waiter listens already, so it queues at its first attempt.
+        self._local = threading.local()
+        self._listeners: list[_Waiter] = []
 
     # -- I/O -------------------------------------------------------------------------
     def _checkout(self, timeout: float | None) -> Any:
@@ -66,8 +75,38 @@ class LockClient:
         """Close the connections this client opened (the redis client is left open)."""
         with self._mutex:
             idle, self._idle = self._idle, []
+            listeners, self._listeners = self._listeners, []
         for conn in idle:
             conn.disconnect()
+        for listener in listeners:
+            listener.close()
+
+    def _listener(self, key: str, timeout: float | None, create: bool) -> _Waiter | None:
+        """This thread's live subscription for `key`'s hand-overs (made if `create`)."""
+        mine: OrderedDict[str, _Waiter] | None = getattr(self._local, "listeners", None)
+        if mine is None or getattr(self._local, "pid", None) != os.getpid():
+            mine = self._local.listeners = OrderedDict()
+            self._local.pid = os.getpid()
+        listener = mine.get(key)
+        if listener is not None and listener.subscribed:
+            mine.move_to_end(key)
+            return listener
+        if listener is not None:
+            listener.close()
+            del mine[key]
+        if not create:
+            return None
+        listener = _Waiter(self.redis, key, timeout)
+        if not listener.subscribed:
+            return None
+        mine[key] = listener
+        with self._mutex:
+            self._listeners.append(listener)
+            if len(mine) > MAX_LISTENERS:
+                _, oldest = mine.popitem(last=False)
+                self._listeners.remove(oldest)
+                oldest.close()
+        return listener
 
     def _eval(self, script: Script, keys: list[str], args: list[str], timeout: float | None) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
@@ -151,8 +190,9 @@ class LockClient:
         embed: bool,
         wait_ms: int = 0,
         priority: int = 0,
+        member: str = "",
     ) -> AcquireResult:
-        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority)
+        keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority, member)
         try:
             return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
         except redis.ResponseError as exc:
@@ -172,7 +212,7 @@ class LockClient:
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         started = time.monotonic()
         stored, token = _core.won(self._acquire(key, value, px, timeout, embed_token), key, value)
-        return Lock(self, key, stored, expiration, token, started)
+        return Lock(self, key, stored, expiration, token, started, embed_token)
 
     def lock(
         self,
@@ -198,9 +238,10 @@ class LockClient:
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
-        flow = _core.lock_flow(plan, on_attempt)
-        waiter: _Waiter | None = None
+        waiter = self._listener(key, timeout, create=False)
+        flow = _core.lock_flow(plan, on_attempt, listening=waiter is not None)
         sent: Any = None
+        queued = ""  # our queue entry, if an attempt queued us
         try:
             while True:
                 try:
@@ -208,22 +249,27 @@ class LockClient:
                 except StopIteration as done:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
-                    return Lock(self, key, stored, expiration, token, started)
+                    queued = ""  # the winning attempt left the queue
+                    return Lock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
+                    member = ""
+                    if waiter is not None and step.wait_ms:
+                        member = queued = _core.queue_member(waiter.listener, value)
                     try:
                         sent = (self._acquire(key, value, px, timeout, embed_token,
-                                              step.wait_ms, priority), None)  # fmt: skip
+                                              step.wait_ms, priority, member), None)  # fmt: skip
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
-                    waiter = _Waiter(self.redis, _core.waiter_channels(key, value), timeout)
-                    sent = waiter.subscribed
+                    waiter = self._listener(key, timeout, create=True)
+                    sent = waiter is not None
                 else:
                     self._wait(step.until, waiter)
                     sent = None
         finally:
-            if waiter is not None:
-                waiter.close()
+            if queued:  # gave up (or was interrupted) while queued: leave the queue
+                with contextlib.suppress(Exception):
+                    self._leave(key, queued, timeout)
 
     @staticmethod
     def _wait(wake_at: float, waiter: _Waiter | None) -> None:
@@ -249,6 +295,16 @@ class LockClient:
         )
 
 
+    def _leave(self, key: str, member: str, timeout: float | None) -> None:
+        """Remove a queue entry (a `lock()` that stopped waiting without the lock)."""
+        pool = getattr(self.redis, "connection_pool", None)
+        commands = _core.leave_queue_commands(key, member)
+        if pool is None or getattr(self.redis, "connection", None) is not None:
+            self.redis.execute_command(*commands[0])  # type: ignore[no-untyped-call]
+        else:
+            self._pipeline(commands, timeout, _raise)
+
+
 def _raise(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, Exception):
@@ -257,9 +313,12 @@ def _raise(replies: list[Any]) -> list[Any]:
 
 
 class _Waiter:
-    """A release-channel subscription used only while `lock()` waits for a holder."""
+    """One thread's subscription to the hand-overs of one key, kept between `lock()`
+    calls; queue entries carry its `listener` id, the release script wakes it."""
 
-    def __init__(self, client: redis.Redis, channels: list[str], timeout: float | None) -> None:
+    def __init__(self, client: redis.Redis, key: str, timeout: float | None) -> None:
+        self.listener = _core.new_listener_id()
+        channels = [_core.waiter_channel(key, self.listener)]
         self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         self.subscribed = False
         self._unread = False

@@ -210,7 +210,7 @@ def parse_request(raw: bytes | str | None, holder_value: str) -> Request | None:
     target = to if isinstance(to, str) and to else None
     if op != "resign" and target is None:
         return None
-    shown = None if target is None else parse_holder(target).identity
+    shown = None if target is None else parse_holder(_core.queued_value(target)).identity
     return Request(op, target, hold_off / 1000, str(data.get("id", "")), shown)
 
 
@@ -228,8 +228,8 @@ async def send_request(
     """Ask the holder of election lock `key` to resign or hand over to `target`; the
     request is checked and stored atomically (a refused one writes nothing) and stands
     for `stands` seconds."""
-    waiters, expiries, _ = _core.helper_keys(key)
-    keys = [key, waiters, expiries, _core.control_key(key)]
+    waiters, flag = _core.helper_keys(key)
+    keys = [key, waiters, flag, _core.control_key(key)]
     args = [op, target or "", str(round(hold_off * 1000)), str(max(1, round(stands * 1000))),
             _core.release_channel(key), _core.control_channel(key), secrets.token_hex(8),
             str(priority)]  # fmt: skip

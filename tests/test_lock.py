@@ -379,32 +379,38 @@ def test_release_hands_over_to_the_longest_waiter_first(client: LockClient, r: r
     first.join(5)
     second.join(5)
     assert got == ["first", "second"]
-    assert r.exists("{jobs}:waiters", "{jobs}:waiters:exp", "{jobs}:next") == 0
+    assert r.exists("{jobs}:waiters", "{jobs}:waiting") == 0  # nothing left behind
 
 
 def test_a_released_lock_is_reserved_for_the_waiter_it_was_handed_to(
     client: LockClient, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
-    # A live waiter that is queued but will not act (so the reservation is observable
-    # however slow this machine is); a long hand-over window for the same reason.
-    r.zadd("{jobs}:waiters", {"queued": 1})
-    r.zadd("{jobs}:waiters:exp", {"queued": int(time.time() * 1000) + 60_000})
+    # A live waiter that is queued and listening but will not act (so the reservation
+    # is observable however slow this machine is); a long hand-over window too.
+    listening = r.pubsub()
+    listening.subscribe(_core.waiter_channel("jobs", "L1"))
+    wait_for(lambda: listening.get_message(timeout=0.1))
+    r.zadd("{jobs}:waiters", {"L1|queued": 1})
+    r.set("{jobs}:waiting", "1")
     monkeypatch.setattr(_core, "HANDOFF_SECONDS", 30.0)
     holder.unlock()
     with pytest.raises(FailedToPreemptLockError, match="reserved for a waiting client") as err:
         client.try_lock("jobs", expiration=5)
     assert err.value.holder is None and 0 < (err.value.ttl or 0) <= 30.0
-    assert r.get("{jobs}:next") == b"queued"
+    assert r.get("jobs") == b"\0handover\0L1|queued"
+    assert client.get_holder("jobs")[0] is None  # being handed over: nobody holds it
+    listening.close()
 
 
 def test_a_dead_waiter_does_not_block_the_hand_over(
     client: LockClient, r: redis.Redis, redis_server: RedisServer
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
-    # A waiter that queued and then vanished (its registration is still live).
-    r.zadd("{jobs}:waiters", {"ghost": 1})
-    r.zadd("{jobs}:waiters:exp", {"ghost": int(time.time() * 1000) + 60_000})
+    # A waiter that queued and then vanished (its entry is still there, its
+    # subscription is gone).
+    r.zadd("{jobs}:waiters", {"ghost-listener|ghost": 1})
+    r.set("{jobs}:waiting", "1")
     got: list[float] = []
 
     def wait() -> None:

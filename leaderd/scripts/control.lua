@@ -1,19 +1,22 @@
 -- Ask the holder of election lock KEYS[1] to resign or to hand over to a named waiter.
--- KEYS[2] waiters (zset), KEYS[3] waiter expiries, KEYS[4] the pending request.
+-- KEYS[2] waiters (zset of "<listener id>|<value>"), KEYS[3] unused, KEYS[4] the
+-- pending request.
 -- ARGV[1] op: "resign", "switchover" or "preempt"; ARGV[2] the target's identity
 -- (switchover, preempt); ARGV[3] hold-off ms (resign); ARGV[4] how long the request
 -- stands (ms); ARGV[5] the release channel (a waiter listens on ARGV[5] .. "|" .. its
--- value); ARGV[6] the control channel; ARGV[7] a request id; ARGV[8] the requester's
--- priority (preempt: the holder's must be lower).
--- A target must be queued, unexpired and still subscribed: a live, eligible waiter
--- (an ineligible candidate leaves the queue; a dead one has no subscription).
+-- listener id); ARGV[6] the control channel; ARGV[7] a request id; ARGV[8] the
+-- requester's priority (preempt: the holder's must be lower).
+-- A target must be queued and still subscribed: a live, eligible waiter (an
+-- ineligible candidate leaves the queue; a dead one has no subscription).
 -- Writes nothing unless the request is valid.
 -- Returns {1, holder value, target's queue value} or {0, reason, holder value}.
 if redis.replicate_commands then redis.replicate_commands() end
 local key, waiters, expiries, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, target = ARGV[1], ARGV[2]
 local current = redis.call('GET', key)
-if not current then return {0, 'no_leader', false} end
+if not current or string.sub(current, 1, 10) == '\0handover\0' then
+  return {0, 'no_leader', false}  -- free, or being handed over right now
+end
 local ok, holder = pcall(cjson.decode, current)
 if not ok or type(holder) ~= 'table' or type(holder.identity) ~= 'string' then
   return {0, 'foreign', current}
@@ -24,19 +27,15 @@ if op ~= 'resign' then
   if op == 'preempt' and (tonumber(holder.priority) or 0) >= tonumber(ARGV[8]) then
     return {0, 'not_higher', current}
   end
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local queued = false
   for _, member in ipairs(redis.call('ZRANGE', waiters, 0, 999)) do
-    local okm, w = pcall(cjson.decode, member)
+    local listener, queued_value = string.match(member, '^([^|]*)|(.*)$')
+    local okm, w = pcall(cjson.decode, queued_value or '')
     if okm and type(w) == 'table' and w.identity == target then
-      local expiry = tonumber(redis.call('ZSCORE', expiries, member))
-      if expiry and expiry > now_ms then
-        queued = true
-        if redis.call('PUBSUB', 'NUMSUB', ARGV[5] .. '|' .. member)[2] > 0 then
-          to = member
-          break
-        end
+      queued = true
+      if redis.call('PUBSUB', 'NUMSUB', ARGV[5] .. '|' .. listener)[2] > 0 then
+        to = member
+        break
       end
     end
   end
