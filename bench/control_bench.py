@@ -32,6 +32,7 @@ import redis
 
 from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient
+from leaderd._core import queued_value
 from leaderd.redis_backend import election_key, send_request
 from tests.daemons import REPO, Daemon, leaderd_cmd, poll
 
@@ -59,7 +60,10 @@ class Lines:
 
 
 def _queued(r: redis.Redis) -> list[str]:
-    return [json.loads(m)["identity"] for m in r.zrange("leaderd:{jobs}:waiters", 0, -1)]
+    return [
+        json.loads(queued_value(m.decode()))["identity"]
+        for m in r.zrange("leaderd:{jobs}:waiters", 0, -1)
+    ]
 
 
 async def _request(url: str, to: str) -> None:

@@ -217,9 +217,7 @@ class AsyncLockClient:
                     sent = None
         finally:
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
-                self._in_background(
-                    self.commands(_core.leave_queue_commands(key, queued), timeout)
-                )
+                self._in_background(self.commands(_core.leave_queue_commands(key, queued), timeout))
 
     def _in_background(self, call: Awaitable[Any]) -> None:
         """Run a best-effort call without making anyone wait for it."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import redis
 
+from ._core import parse_holder as core_holder
 from ._version import __version__
 from .config import (
     CONNECTION_OPTIONS,
@@ -27,7 +28,6 @@ from .config import (
     new_parser,
     parse_duration,
 )
-from ._core import parse_holder as core_holder
 from .connection import redact_url, sync_client
 from .redis_backend import election_key, parse_holder
 

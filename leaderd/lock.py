@@ -294,7 +294,6 @@ class LockClient:
             [("GET", key), ("PTTL", key)], timeout, lambda r: _core.parse_holder(*_raise(r))
         )
 
-
     def _leave(self, key: str, member: str, timeout: float | None) -> None:
         """Remove a queue entry (a `lock()` that stopped waiting without the lock)."""
         pool = getattr(self.redis, "connection_pool", None)

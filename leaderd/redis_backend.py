@@ -249,7 +249,9 @@ async def follow(
 
     New terms and releases are announced on pub/sub, so a change is seen within
     milliseconds; a read every `poll` seconds, and at the lease's expiry, is the
-    backstop (a missed message, an expired leader, a Redis without pub/sub).
+    backstop (a missed message, an expired leader, a Redis without pub/sub). A lock
+    being handed over is not reported: its next holder is (or, if the reservation
+    lapses, "nobody").
     """
     key = election_key(election)
     channels = [_core.terms_channel(key), _core.release_channel(key)]
@@ -265,7 +267,8 @@ async def follow(
             value, left = await client.get_holder(key, timeout=timeout)
             holder = None if value is None else parse_holder(value)
             seen = None if holder is None else (holder.identity, holder.token)
-            if seen != last:
+            handing_over = value is None and left is not None  # the next term is coming
+            if seen != last and not handing_over:
                 last = seen
                 yield holder
             wait = poll if left is None or left < 0 else min(poll, left + 0.001)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from devtools.devserver import RedisServer
+from leaderd._core import queued_value
 
 from .daemons import Daemon, leaderd_cmd, poll
 
@@ -124,7 +125,7 @@ def test_status_file_directory_vanishing_is_logged_once(
 
 def _queued(admin: redis.Redis, identity: str) -> bool:
     members = admin.zrange("leaderd:{jobs}:waiters", 0, -1)
-    return any(json.loads(m)["identity"] == identity for m in members)
+    return any(json.loads(queued_value(m.decode()))["identity"] == identity for m in members)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,8 +137,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 ACL = (
     "ACL SETUSER leaderd on >acl-Pass-1 ~leaderd:* resetchannels &leaderd:* "
     "+evalsha +eval +ping +hello +client|setname +subscribe +unsubscribe "
-    "+get +set +pexpire +pttl +del +exists +time +publish +pubsub|numsub "
-    "+zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zscore"
+    "+get +mget +set +incr +pexpire +pttl +del +time +publish +pubsub|numsub "
+    "+zadd +zrem +zrange +zpopmin +zscore"
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from devtools.devserver import RedisServer
+from leaderd._core import queued_value
 
 from .daemons import REPO, Daemon, leaderd_cmd, poll
 from .test_apphealth import FAST, TcpApp, events
@@ -28,7 +29,7 @@ def leader_of(daemons: list[Daemon]) -> Daemon:
 
 def queued(r: redis.Redis, names: set[str], election: str = "jobs") -> bool:
     members = r.zrange(f"leaderd:{{{election}}}:waiters", 0, -1)
-    return {json.loads(m)["identity"] for m in members} >= names
+    return {json.loads(queued_value(m.decode()))["identity"] for m in members} >= names
 
 
 def start(spawn: Any, url: str, names: str, *extra: str) -> list[Daemon]:
@@ -47,7 +48,7 @@ def test_switchover_goes_to_the_last_waiter_in_the_queue(
     poll(lambda: queued(r, {d.identity for d in others}), 10)
     # the last in the queue: the newest arrival (all have priority 0)
     members = r.zrange("leaderd:{jobs}:waiters", 0, -1)
-    last = json.loads(members[-1])["identity"]
+    last = json.loads(queued_value(members[-1].decode()))["identity"]
     old_token = old.status()["fencing_token"]
     done = cli("switchover", "--redis-url", redis_server.url, "--election", "jobs", "--to", last)
     assert done.returncode == 0, done.stderr
