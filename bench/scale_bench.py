@@ -1,9 +1,13 @@
-"""Scale: 1,000 candidates in one election, and 1,000 elections, on one Redis.
+"""Scale: 1,000 candidates in one election, and 10,000 elections, on one Redis.
 
 In-process `leaderd.Elector`s spread over a few processes (asyncio), exactly as a
 program using the library would run them. Reports: leaders per election, steady
-Redis requests/s (from INFO commandstats), and graceful hand-over time.
-Run: `python bench/scale_bench.py` (about 2 minutes).
+Redis requests/s (script calls, from INFO commandstats), all commands/s and Redis CPU
+% (INFO), graceful hand-over time, and crash failover: a process holding the
+leadership of 100 elections is killed (SIGKILL); the time until each of those
+elections has a leader again.
+Run: `python bench/scale_bench.py` (about 5 minutes; raises its descriptor limit,
+which needs root or a hard limit of 65536).
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
+import resource
+import signal
 import statistics
 import sys
 import time
@@ -33,7 +40,7 @@ def _worker(url: str, spec: list[tuple[str, str]], ttl: float, retry: float, con
 
 
 async def _main(url: str, spec: list[tuple[str, str]], ttl: float, retry: float, conn: Any) -> None:
-    client = redis.asyncio.Redis.from_url(url, max_connections=2000)
+    client = redis.asyncio.Redis.from_url(url, max_connections=20000)
     lock_client = leaderd.AsyncLockClient(client)
     electors: list[leaderd.Elector] = []
     tasks: dict[int, asyncio.Task[None]] = {}
@@ -78,12 +85,14 @@ async def _main(url: str, spec: list[tuple[str, str]], ttl: float, retry: float,
 
 
 class Fleet:
-    def __init__(self, url: str, spec: list[tuple[str, str]], ttl: float, retry: float) -> None:
+    def __init__(
+        self, url: str, spec: list[tuple[str, str]], ttl: float, retry: float, procs: int = PROCS
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.pipes, self.procs = [], []
-        for k in range(PROCS):
+        for k in range(procs):
             parent, child = ctx.Pipe()
-            part = spec[k::PROCS]
+            part = spec[k::procs]
             p = ctx.Process(target=_worker, args=(url, part, ttl, retry, child), daemon=True)
             p.start()
             self.pipes.append(parent)
@@ -114,23 +123,80 @@ def requests(r: redis.Redis) -> int:
     )
 
 
+def redis_load(r: redis.Redis) -> tuple[float, int]:
+    """(Redis CPU seconds, commands processed so far), from INFO."""
+    info = r.info()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"]), int(
+        info["total_commands_processed"]
+    )
+
+
+def crash(url: str, elections: int, victims: int, ttl: float, retry: float) -> dict[str, Any]:
+    """`elections` x 2 candidates; one process leads the first `victims` elections and is
+    killed with SIGKILL: how long until each of those has a leader again."""
+    victim = Fleet(url, [(f"e{j}", f"v{j}") for j in range(victims)], ttl, retry, procs=1)
+    out: dict[str, Any] = {}
+    fleet = None
+    try:
+        deadline = time.monotonic() + 60
+        while sum(victim.leaders().values()) < victims and time.monotonic() < deadline:
+            time.sleep(0.2)
+        spec = [(f"e{j}", f"c{j}-{k}") for j in range(elections) for k in range(2)
+                if j >= victims or k == 1]  # fmt: skip
+        fleet = Fleet(url, spec, ttl, retry)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            counts = fleet.leaders()
+            if len(counts) == elections and sum(counts.values()) == elections - victims:
+                break
+            time.sleep(1.0)
+        time.sleep(ttl)  # steady: every follower has seen a lease and waits on it
+        killed = time.monotonic()
+        os.kill(victim.procs[0].pid, signal.SIGKILL)
+        deadline = killed + ttl + 30
+        lat: list[float] = []
+        while time.monotonic() < deadline:
+            became = {e: t for got in fleet.ask("became") for e, t in got.items()}
+            lat = sorted(became[f"e{j}"] - killed for j in range(victims)
+                         if became.get(f"e{j}", 0) > killed)  # fmt: skip
+            if len(lat) == victims:
+                break
+            time.sleep(0.5)
+        out["recovered"] = len(lat)
+        if lat:
+            out["p50_s"], out["max_s"] = round(statistics.median(lat), 2), round(lat[-1], 2)
+        counts = fleet.leaders()
+        out["one_leader_after"] = sum(v == 1 for v in counts.values())
+    finally:
+        if fleet is not None:
+            fleet.close()
+        for p in victim.procs:
+            p.join(5)
+    return out
+
+
 def scenario(url: str, spec: list[tuple[str, str]], elections: int, ttl: float, retry: float,
              window: float) -> dict[str, Any]:  # fmt: skip
     r = redis.Redis.from_url(url)
     fleet = Fleet(url, spec, ttl, retry)
     out: dict[str, Any] = {}
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             counts = fleet.leaders()
             if len(counts) == elections and all(v == 1 for v in counts.values()):
                 break
             time.sleep(0.5)
-        out["settled_s"] = round(time.monotonic() - (deadline - 120), 1)
+        out["settled_s"] = round(time.monotonic() - (deadline - 300), 1)
         time.sleep(ttl)
         c0, t0 = requests(r), time.monotonic()
+        cpu0, ops0 = redis_load(r)
         time.sleep(window)
-        out["req_per_s"] = (requests(r) - c0) / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        out["req_per_s"] = (requests(r) - c0) / elapsed
+        cpu1, ops1 = redis_load(r)
+        out["redis_cpu_pct"] = 100 * (cpu1 - cpu0) / elapsed
+        out["ops_per_s"] = (ops1 - ops0) / elapsed
         counts = fleet.leaders()
         out["elections_with_one_leader"] = sum(v == 1 for v in counts.values())
         out["max_leaders"] = max(counts.values())
@@ -162,31 +228,45 @@ def scenario(url: str, spec: list[tuple[str, str]], elections: int, ttl: float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--candidates", type=int, default=1000)
-    parser.add_argument("--elections", type=int, default=1000)
+    parser.add_argument("--elections", type=int, default=10000)
+    parser.add_argument("--victims", type=int, default=100)
     parser.add_argument("--window", type=float, default=20.0)
     args = parser.parse_args()
-    with RedisServer(extra_args=["--maxclients", "20000"]) as server:
+    # Every waiting follower and every leader keeps a pub/sub connection: 2 per election.
+    limit = max(65536, 4 * args.elections + 10000)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    with RedisServer(extra_args=["--maxclients", str(limit - 1000)]) as server:
         one = scenario(server.url, [("big", f"c{i}") for i in range(args.candidates)], 1,
                        ttl=10.0, retry=2.0, window=args.window)  # fmt: skip
         server.flushall()
         many_spec = [(f"e{j}", f"c{j}-{k}") for j in range(args.elections) for k in range(2)]
         many = scenario(server.url, many_spec, args.elections, ttl=10.0, retry=2.0,
                         window=args.window)  # fmt: skip
+        server.flushall()
+        crashed = crash(server.url, args.elections, args.victims, ttl=10.0, retry=2.0)
     print(f"\n### Scale ({PROCS} processes of asyncio Electors, ttl 10s, retry 2s, "
           f"{args.window:.0f} s window)\n")  # fmt: skip
     print("| scenario | settled in s | elections with exactly 1 leader | Redis requests/s | "
-          "graceful hand-over p50 / max ms (count) |")  # fmt: skip
-    print("|---|---:|---:|---:|---|")
+          "Redis commands/s | Redis CPU % | graceful hand-over p50 / max ms (count) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|")
     for title, res, n in (
         (f"{args.candidates} candidates, 1 election", one, 1),
         (f"{args.elections} elections x 2 candidates", many, args.elections),
     ):
         print(
             f"| {title} | {res['settled_s']} | {res['elections_with_one_leader']}/{n} "
-            f"(max {res['max_leaders']}) | {res['req_per_s']:.0f} | "
-            f"{res.get('handover_p50_ms')} / {res.get('handover_max_ms')} "
-            f"({res.get('handovers')}); after: {res['after_handover_one_leader']}/{n} |"
+            f"(max {res['max_leaders']}) | {res['req_per_s']:.0f} | {res['ops_per_s']:.0f} | "
+            f"{res['redis_cpu_pct']:.1f} | {res.get('handover_p50_ms')} / "
+            f"{res.get('handover_max_ms')} ({res.get('handovers')}); after: "
+            f"{res['after_handover_one_leader']}/{n} |"
         )
+    print(
+        f"\nCrash failover: {args.victims} leaders killed at once (SIGKILL of their process), "
+        f"{args.elections} elections x 2 candidates, ttl 10 s: {crashed.get('recovered')}/"
+        f"{args.victims} elections led again, p50 {crashed.get('p50_s')} s, max "
+        f"{crashed.get('max_s')} s; afterwards {crashed.get('one_leader_after')}/"
+        f"{args.elections} elections with exactly one leader"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from .errors import (
 )
 from .strategy import RetryStrategy
 
-#: Subscriptions kept for this many keys (the least recently used closes).
+#: Subscriptions kept for this many keys beyond those in use (the least recently used
+#: idle one closes).
 MAX_LISTENERS = 64
 
 
@@ -68,9 +69,10 @@ class AsyncLockClient:
         if not listener.subscribed:
             return None
         self._listeners[key] = listener
-        if len(self._listeners) > MAX_LISTENERS:
-            _, oldest = self._listeners.popitem(last=False)
-            await oldest.close()
+        if len(self._listeners) > MAX_LISTENERS:  # close the least recently used idle one
+            idle = next((k for k, v in self._listeners.items() if not v.users), None)
+            if idle is not None and idle != key:
+                await self._listeners.pop(idle).close()
         return listener
 
     # -- I/O -------------------------------------------------------------------------
@@ -190,6 +192,10 @@ class AsyncLockClient:
         flow = _core.lock_flow(plan, on_attempt, listening=waiter is not None)
         sent: Any = None
         queued = ""  # our queue entry, if an attempt queued us
+        using: list[AsyncSubscription] = []  # subscriptions this call counts as a user of
+        if waiter is not None:
+            waiter.users += 1
+            using.append(waiter)
         try:
             while True:
                 try:
@@ -211,11 +217,16 @@ class AsyncLockClient:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
                     waiter = await self._listener(key, timeout, create=True)
+                    if waiter is not None:
+                        waiter.users += 1
+                        using.append(waiter)
                     sent = waiter is not None
                 else:
                     await self._wait(step.until, waiter)
                     sent = None
         finally:
+            for subscription in using:
+                subscription.users -= 1
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
                 self._in_background(self.commands(_core.leave_queue_commands(key, queued), timeout))
 
@@ -303,6 +314,7 @@ class AsyncSubscription:
         self.pubsub = pubsub
         self.channels = channels
         self.listener = listener  #: the id a lock waiter's queue entries carry
+        self.users = 0  #: lock() calls waiting with it now (never closed to make room)
         self.subscribed = False
         loop = asyncio.get_running_loop()
         self._confirmed: asyncio.Future[bool] = loop.create_future()

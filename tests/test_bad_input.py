@@ -167,18 +167,20 @@ def test_the_documented_acl_is_enough(
            "LEADERD_ELECTION": "jobs"}  # fmt: skip
     watch = subprocess.Popen(leaderd_cmd("watch"), stdout=subprocess.PIPE, text=True,
                              env={**os.environ, **env})  # fmt: skip
-    assert watch.stdout is not None and "leader" in watch.stdout.readline()
-    poll(lambda: _queued(admin, other.identity), 10)
-    done = _run("switchover", "--to", other.identity, env=env)  # the operator's commands
-    assert done.returncode == 0, done.stderr  # work as this user too
-    assert poll(lambda: other.ready() == 200, 5)
-    poll(lambda: _queued(admin, leader.identity), 10)
-    done = _run("resign", "--hold-off", "0s", env=env)
-    assert done.returncode == 0, done.stderr
-    assert poll(lambda: leader.ready() == 200, 5)
-    assert f"leader {other.identity}" in watch.stdout.readline()  # watch, too
-    watch.terminate()
-    watch.wait(10)
+    try:
+        assert watch.stdout is not None and "leader" in watch.stdout.readline()
+        poll(lambda: _queued(admin, other.identity), 10)
+        done = _run("switchover", "--to", other.identity, env=env)  # the operator's commands
+        assert done.returncode == 0, done.stderr  # work as this user too
+        assert poll(lambda: other.ready() == 200, 5)
+        poll(lambda: _queued(admin, leader.identity), 10)
+        done = _run("resign", "--hold-off", "0s", env=env)
+        assert done.returncode == 0, done.stderr
+        assert poll(lambda: leader.ready() == 200, 5)
+        assert f"leader {other.identity}" in watch.stdout.readline()  # watch, too
+    finally:
+        watch.terminate()
+        watch.wait(10)
     leader.signal(signal.SIGTERM)  # release + hand-over work under the ACL too
     poll(lambda: other.ready() == 200, 5)
     for d in ds:

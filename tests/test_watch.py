@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -69,6 +70,8 @@ async def test_follow_sees_every_term_of_20_hand_overs_in_order_within_100ms(
         for t in [*tasks, watcher]:
             t.cancel()
         await asyncio.gather(*tasks, watcher, return_exceptions=True)
+        if sys.exc_info()[0] is not None:
+            cli.kill()  # the test failed: leave no process behind
     terms = [token for token, _ in started]
     assert terms == sorted(terms) and len(set(terms)) == 21
     # follow() saw each term, in order (a brief "nobody" between two is allowed)
