@@ -33,3 +33,14 @@ def test_run_without_the_extra_says_what_to_install() -> None:
                          timeout=30)  # fmt: skip
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "pip install 'leaderd[daemon]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_operator_commands_need_only_the_library() -> None:
+    code = (
+        "import sys; sys.modules['structlog'] = None; from leaderd.cli import main; "
+        "sys.exit(main(['resign', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "cannot reach Redis at redis://127.0.0.1:1" in out.stderr
