@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
@@ -24,10 +23,6 @@ from .errors import (
 )
 from .strategy import RetryStrategy
 
-#: Subscriptions kept for this many keys beyond those in use (the least recently used
-#: idle one closes).
-MAX_LISTENERS = 64
-
 
 class AsyncLockClient:
     """Acquires locks on one Redis through a `redis.asyncio.Redis` client."""
@@ -38,42 +33,16 @@ class AsyncLockClient:
         the write, else it fails with `NotReplicatedError`."""
         self.redis = client
         self.min_replicas = _core.check_min_replicas(min_replicas)
-        # One subscription per key a lock() waited on, kept between calls: a returning
-        # waiter listens already, so it queues at its first attempt.
-        self._listeners: OrderedDict[str, AsyncSubscription] = OrderedDict()
+        # One pub/sub connection for every wait of this client, its channels kept
+        # between lock() calls: a returning waiter listens already, so it queues at its
+        # first attempt. Queue entries carry this client's listener id.
+        self.subscription = SharedSubscription(client)
+        self.listener = _core.new_listener_id()
         self._background: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
-        """Close the subscriptions this client keeps (the redis client is left open)."""
-        listeners, self._listeners = list(self._listeners.values()), OrderedDict()
-        for listener in listeners:
-            await listener.close()
-
-    async def _listener(
-        self, key: str, timeout: float | None, create: bool
-    ) -> AsyncSubscription | None:
-        """The live subscription for `key`'s hand-overs (made if `create`)."""
-        listener = self._listeners.get(key)
-        if listener is not None and listener.subscribed:
-            self._listeners.move_to_end(key)
-            return listener
-        if listener is not None:
-            del self._listeners[key]
-            await listener.close()
-        if not create:
-            return None
-        lid = _core.new_listener_id()
-        listener = await AsyncSubscription.start(
-            self.redis, [_core.waiter_channel(key, lid)], timeout, listener=lid
-        )
-        if not listener.subscribed:
-            return None
-        self._listeners[key] = listener
-        if len(self._listeners) > MAX_LISTENERS:  # close the least recently used idle one
-            idle = next((k for k, v in self._listeners.items() if not v.users), None)
-            if idle is not None and idle != key:
-                await self._listeners.pop(idle).close()
-        return listener
+        """Close the pub/sub connection this client keeps (the redis client stays open)."""
+        await self.subscription.close()
 
     # -- I/O -------------------------------------------------------------------------
     async def _eval(
@@ -188,14 +157,10 @@ class AsyncLockClient:
         px, value, timeout = _core.lock_arguments(key, value, expiration, timeout, embed_token)
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
-        waiter = await self._listener(key, timeout, create=False)
-        flow = _core.lock_flow(plan, on_attempt, listening=waiter is not None)
+        channel = _core.waiter_channel(key, self.listener)
+        flow = _core.lock_flow(plan, on_attempt, listening=self.subscription.listening(channel))
         sent: Any = None
         queued = ""  # our queue entry, if an attempt queued us
-        using: list[AsyncSubscription] = []  # subscriptions this call counts as a user of
-        if waiter is not None:
-            waiter.users += 1
-            using.append(waiter)
         try:
             while True:
                 try:
@@ -207,8 +172,8 @@ class AsyncLockClient:
                     return AsyncLock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
                     member = ""
-                    if waiter is not None and step.wait_ms:
-                        member = queued = _core.queue_member(waiter.listener, value)
+                    if step.wait_ms and self.subscription.listening(channel):
+                        member = queued = _core.queue_member(self.listener, value)
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
                                                      step.wait_ms, priority, member)  # fmt: skip
@@ -216,17 +181,11 @@ class AsyncLockClient:
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
-                    waiter = await self._listener(key, timeout, create=True)
-                    if waiter is not None:
-                        waiter.users += 1
-                        using.append(waiter)
-                    sent = waiter is not None
+                    sent = await self.subscription.listen(channel, timeout)
                 else:
-                    await self._wait(step.until, waiter)
+                    await self.subscription.wait(channel, step.until - time.monotonic())
                     sent = None
         finally:
-            for subscription in using:
-                subscription.users -= 1
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
                 self._in_background(self.commands(_core.leave_queue_commands(key, queued), timeout))
 
@@ -237,15 +196,6 @@ class AsyncLockClient:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_retrieve)
 
-    @staticmethod
-    async def _wait(wake_at: float, waiter: AsyncSubscription | None) -> None:
-        """Sleep until `wake_at`, or until a release hands the lock to us (or to anyone)."""
-        left = wake_at - time.monotonic()
-        if waiter is not None and waiter.subscribed:
-            await waiter.wait(left)
-        if left > 0 and (waiter is None or not waiter.subscribed):
-            await asyncio.sleep(max(0.0, wake_at - time.monotonic()))
-
     async def eval_script(
         self, script: Script, keys: list[str], args: list[str], timeout: float | None = 1.0
     ) -> Any:
@@ -255,10 +205,8 @@ class AsyncLockClient:
 
     async def leave_queue(self, key: str, value: str, timeout: float | None = 1.0) -> None:
         """Give up a waiter's place in `key`'s queue (a `lock()` call abandoned early)."""
-        listener = self._listeners.get(key)
-        if listener is not None:
-            member = _core.queue_member(listener.listener, value)
-            await self.commands(_core.leave_queue_commands(key, member), timeout)
+        member = _core.queue_member(self.listener, value)
+        await self.commands(_core.leave_queue_commands(key, member), timeout)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -294,15 +242,149 @@ async def _noop() -> None:
     return None
 
 
+def _text(raw: object) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark an abandoned call's outcome as seen, so asyncio does not log it."""
     if not task.cancelled():
         task.exception()
 
 
+class SharedSubscription:
+    """One pub/sub connection for all of a client's waits: `lock()` waiters on their
+    keys' wake-up channels, leaders on their control channels; channels are added on
+    demand and kept. A reader task alone reads the connection and resolves futures;
+    callers only await those, so no caller's cancellation passes through redis-py's
+    pub/sub reads (which can swallow one)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.pubsub: Any = None
+        self.reader: asyncio.Future[None] | None = None
+        self.confirmed: dict[str, asyncio.Future[bool]] = {}
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.pending: set[str] = set()  # channels with a message nobody waited for yet
+        self._sends: set[asyncio.Future[Any]] = set()
+
+    def alive(self) -> bool:
+        return self.reader is not None and not self.reader.done()
+
+    def listening(self, channel: str) -> bool:
+        """True if `channel`'s subscription is confirmed and the connection is up."""
+        confirmed = self.confirmed.get(channel)
+        return (
+            self.alive()
+            and confirmed is not None
+            and confirmed.done()
+            and not confirmed.cancelled()
+            and confirmed.result()
+        )
+
+    async def listen(self, channel: str, timeout: float | None) -> bool:
+        """Subscribe to `channel` (once); True when the subscription is confirmed."""
+        if self.listening(channel):
+            return True
+        if self.pubsub is not None and self.reader is not None and self.reader.done():
+            await self.close()  # the connection broke: start again
+        if self.pubsub is None:
+            make_pubsub = getattr(self.client, "pubsub", None)
+            if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
+                return False
+            self.pubsub = make_pubsub(ignore_subscribe_messages=False)
+        confirmed = self.confirmed.get(channel)
+        if confirmed is None or (confirmed.done() and not confirmed.result()):
+            confirmed = self.confirmed[channel] = asyncio.get_running_loop().create_future()
+            send = asyncio.ensure_future(self._subscribe(channel, confirmed))
+            self._sends.add(send)
+            send.add_done_callback(self._sends.discard)
+            send.add_done_callback(_retrieve)
+        await asyncio.wait({confirmed}, timeout=timeout or 1.0)
+        return self.listening(channel)
+
+    async def _subscribe(self, channel: str, confirmed: asyncio.Future[bool]) -> None:
+        try:
+            await self.pubsub.subscribe(channel)
+        except Exception:
+            if not confirmed.done():
+                confirmed.set_result(False)
+            return
+        if self.reader is None:  # it reads once there is a subscription to read from
+            self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self.pubsub.get_message(timeout=30.0)
+                if not msg:
+                    continue
+                kind = _text(msg.get("type"))
+                channel = _text(msg.get("channel"))
+                if kind == "subscribe":
+                    confirmed = self.confirmed.get(channel)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(True)
+                elif kind == "message":
+                    waiting = self.waiters.pop(channel, None)
+                    if waiting:
+                        for future in waiting:
+                            if not future.done():
+                                future.set_result(None)
+                    else:
+                        self.pending.add(channel)
+        except Exception:
+            pass  # the callers fall back to sleeping, and subscribe again later
+        finally:
+            for confirmed in self.confirmed.values():
+                if not confirmed.done():
+                    confirmed.set_result(False)
+
+    async def wait(self, channel: str, seconds: float) -> bool:
+        """Wait up to `seconds` for a message on `channel` (or one that came while
+        nobody waited); True if one came. Without a subscription: a plain sleep."""
+        if channel in self.pending:
+            self.pending.discard(channel)
+            return True
+        reader = self.reader
+        if not self.listening(channel) or reader is None:
+            await asyncio.sleep(max(0.0, seconds))
+            return False
+        started = time.monotonic()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(channel, set()).add(future)
+        try:
+            await asyncio.wait(
+                {future, reader}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiting = self.waiters.get(channel)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self.waiters[channel]
+        if future.done():
+            return True
+        if reader.done():  # the connection broke: sleep out the rest
+            await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
+        return False
+
+    async def close(self) -> None:
+        """Stop reading and close the connection; the next listen() starts afresh."""
+        reader, pubsub = self.reader, self.pubsub
+        self.reader, self.pubsub = None, None
+        self.confirmed, self.pending = {}, set()
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait({reader}, timeout=1.0)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
 class AsyncSubscription:
-    """A pub/sub subscription that wakes a waiter: `lock()` listens for releases while it
-    waits for a holder; an election's leader listens for control requests.
+    """A pub/sub subscription to a fixed set of channels that wakes one waiter (the
+    watchers of an election use it).
 
     A reader task owns the pub/sub connection and turns messages into a future; the
     waiting caller only ever awaits that future. redis-py's pub/sub reads with a
@@ -310,11 +392,9 @@ class AsyncSubscription:
     caller's own cancellation never passes through them.
     """
 
-    def __init__(self, pubsub: Any, channels: list[str], listener: str = "") -> None:
+    def __init__(self, pubsub: Any, channels: list[str]) -> None:
         self.pubsub = pubsub
         self.channels = channels
-        self.listener = listener  #: the id a lock waiter's queue entries carry
-        self.users = 0  #: lock() calls waiting with it now (never closed to make room)
         self.subscribed = False
         loop = asyncio.get_running_loop()
         self._confirmed: asyncio.Future[bool] = loop.create_future()
@@ -323,18 +403,14 @@ class AsyncSubscription:
 
     @classmethod
     async def start(
-        cls,
-        client: redis.asyncio.Redis,
-        channels: list[str],
-        timeout: float | None,
-        listener: str = "",
+        cls, client: redis.asyncio.Redis, channels: list[str], timeout: float | None
     ) -> AsyncSubscription:
         make_pubsub = getattr(client, "pubsub", None)
         if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
-            self = cls(None, channels, listener)
+            self = cls(None, channels)
             await self.close()
             return self
-        self = cls(make_pubsub(ignore_subscribe_messages=False), channels, listener)
+        self = cls(make_pubsub(ignore_subscribe_messages=False), channels)
         try:
             await asyncio.wait({self._confirmed}, timeout=timeout or 1.0)
         except BaseException:

@@ -150,30 +150,22 @@ class RedisBackend:
 
     async def next_request(self, lease: Lease) -> Request:
         lock: AsyncLock = lease.handle
-        sub: AsyncSubscription | None = None
-        try:
-            while True:
-                if sub is None or not sub.subscribed:
-                    with contextlib.suppress(*self.transient):
-                        if sub is not None:
-                            await sub.close()
-                        sub = await AsyncSubscription.start(
-                            self.client.redis, [_core.control_channel(self.key)], 2.0
-                        )
-                request = None
-                with contextlib.suppress(*self.transient):
-                    [raw] = await self.client.commands([("GET", _core.control_key(self.key))], 2.0)
-                    request = parse_request(raw, lock.value)
-                if request is not None:
-                    return request
-                # pub/sub wakes at once; the poll is the backstop for a missed message
-                if sub is not None and sub.subscribed:
-                    await sub.wait(CONTROL_POLL)
-                else:
-                    await asyncio.sleep(CONTROL_POLL / 4)
-        finally:
-            if sub is not None:
-                await sub.close()
+        channel = _core.control_channel(self.key)
+        subscription = self.client.subscription  # the client's one pub/sub connection
+        while True:
+            with contextlib.suppress(*self.transient):
+                await subscription.listen(channel, 2.0)
+            request = None
+            with contextlib.suppress(*self.transient):
+                [raw] = await self.client.commands([("GET", _core.control_key(self.key))], 2.0)
+                request = parse_request(raw, lock.value)
+            if request is not None:
+                return request
+            # pub/sub wakes at once; the poll is the backstop for a missed message
+            if subscription.listening(channel):
+                await subscription.wait(channel, CONTROL_POLL)
+            else:
+                await asyncio.sleep(CONTROL_POLL / 4)
 
     async def hand_over(self, lease: Lease, to: str, timeout: float) -> bool:
         lock: AsyncLock = lease.handle
