@@ -40,7 +40,9 @@ def _worker(url: str, spec: list[tuple[str, str]], ttl: float, retry: float, con
 
 
 async def _main(url: str, spec: list[tuple[str, str]], ttl: float, retry: float, conn: Any) -> None:
-    client = redis.asyncio.Redis.from_url(url, max_connections=20000)
+    # thousands of electors share one client: calls queue for one of 256 connections
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256, timeout=30)
+    client = redis.asyncio.Redis(connection_pool=pool)
     lock_client = leaderd.AsyncLockClient(client)
     electors: list[leaderd.Elector] = []
     tasks: dict[int, asyncio.Task[None]] = {}

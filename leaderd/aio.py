@@ -182,8 +182,9 @@ class AsyncLockClient:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
                     sent = await self.subscription.listen(channel, timeout)
-                else:
-                    await self.subscription.wait(channel, step.until - time.monotonic())
+                else:  # woken by a hand-over to this call's queue entry, or at `until`
+                    member = _core.queue_member(self.listener, value)
+                    await self.subscription.wait(channel, step.until - time.monotonic(), member)
                     sent = None
         finally:
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
@@ -264,8 +265,9 @@ class SharedSubscription:
         self.pubsub: Any = None
         self.reader: asyncio.Future[None] | None = None
         self.confirmed: dict[str, asyncio.Future[bool]] = {}
-        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self.pending: set[str] = set()  # channels with a message nobody waited for yet
+        #: (channel, message) -> futures of waiters; message None: any message
+        self.waiters: dict[tuple[str, str | None], set[asyncio.Future[None]]] = {}
+        self.pending: set[tuple[str, str]] = set()  # messages nobody waited for yet
         self._sends: set[asyncio.Future[Any]] = set()
 
     def alive(self) -> bool:
@@ -326,13 +328,16 @@ class SharedSubscription:
                     if confirmed is not None and not confirmed.done():
                         confirmed.set_result(True)
                 elif kind == "message":
-                    waiting = self.waiters.pop(channel, None)
+                    data = _text(msg.get("data"))
+                    waiting = self.waiters.pop((channel, data), None)
+                    if not waiting:
+                        waiting = self.waiters.pop((channel, None), None)
                     if waiting:
                         for future in waiting:
                             if not future.done():
                                 future.set_result(None)
-                    else:
-                        self.pending.add(channel)
+                    elif len(self.pending) < 10_000:
+                        self.pending.add((channel, data))
         except Exception:
             pass  # the callers fall back to sleeping, and subscribe again later
         finally:
@@ -340,29 +345,34 @@ class SharedSubscription:
                 if not confirmed.done():
                     confirmed.set_result(False)
 
-    async def wait(self, channel: str, seconds: float) -> bool:
-        """Wait up to `seconds` for a message on `channel` (or one that came while
-        nobody waited); True if one came. Without a subscription: a plain sleep."""
-        if channel in self.pending:
-            self.pending.discard(channel)
+    async def wait(self, channel: str, seconds: float, message: str | None = None) -> bool:
+        """Wait up to `seconds` for `message` (None: any message) on `channel`, or one that
+        came while nobody waited; True if one came. Without a subscription: a sleep."""
+        if message is not None and (channel, message) in self.pending:
+            self.pending.discard((channel, message))
             return True
+        if message is None:
+            came = {p for p in self.pending if p[0] == channel}
+            if came:
+                self.pending -= came
+                return True
         reader = self.reader
         if not self.listening(channel) or reader is None:
             await asyncio.sleep(max(0.0, seconds))
             return False
         started = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(channel, set()).add(future)
+        self.waiters.setdefault((channel, message), set()).add(future)
         try:
             await asyncio.wait(
                 {future, reader}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            waiting = self.waiters.get(channel)
+            waiting = self.waiters.get((channel, message))
             if waiting is not None:
                 waiting.discard(future)
                 if not waiting:
-                    del self.waiters[channel]
+                    del self.waiters[(channel, message)]
         if future.done():
             return True
         if reader.done():  # the connection broke: sleep out the rest

@@ -1,6 +1,7 @@
 -- Release KEYS[1] (the lock) only if it still holds our value ARGV[1], and hand it
 -- over: the first waiter in KEYS[2] (queued as "<listener id>|<value>") that still
--- listens on ARGV[2] .. "|" .. <listener id> is woken there and the lock is reserved
+-- listens on ARGV[2] .. "|" .. <listener id> is woken there (the message names the
+-- member, so a listener shared by many waiters wakes only that one) and the lock is reserved
 -- for it ("\0handover\0<member>" for ARGV[3] ms), so only it can take it. Waiters that
 -- no longer listen (gone, or given up) are dropped on the way. KEYS[3] is the queue's
 -- arrival counter, which exists while anyone is queued: without it the queue is not
@@ -21,7 +22,7 @@ local head, hold, handed = nil, ARGV[3], false
 local function wake(member)  -- receivers of the wake-up: 0 if the waiter is gone
   local listener = string.match(member, '^([^|]*)|')
   if not listener then return 0 end
-  return redis.call('PUBLISH', ARGV[2] .. '|' .. listener, '')
+  return redis.call('PUBLISH', ARGV[2] .. '|' .. listener, member)
 end
 
 if got[2] then
