@@ -260,6 +260,10 @@ class SharedSubscription:
     callers only await those, so no caller's cancellation passes through redis-py's
     pub/sub reads (which can swallow one)."""
 
+    #: Channels kept subscribed; beyond this the least recently used idle one is dropped
+    #: (a client that locks ever new keys must not subscribe without end).
+    MAX_CHANNELS = 1024
+
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self.pubsub: Any = None
@@ -287,6 +291,7 @@ class SharedSubscription:
     async def listen(self, channel: str, timeout: float | None) -> bool:
         """Subscribe to `channel` (once); True when the subscription is confirmed."""
         if self.listening(channel):
+            self.confirmed[channel] = self.confirmed.pop(channel)  # most recently used
             return True
         if self.pubsub is not None and self.reader is not None and self.reader.done():
             await self.close()  # the connection broke: start again
@@ -298,12 +303,22 @@ class SharedSubscription:
         confirmed = self.confirmed.get(channel)
         if confirmed is None or (confirmed.done() and not confirmed.result()):
             confirmed = self.confirmed[channel] = asyncio.get_running_loop().create_future()
-            send = asyncio.ensure_future(self._subscribe(channel, confirmed))
-            self._sends.add(send)
-            send.add_done_callback(self._sends.discard)
-            send.add_done_callback(_retrieve)
+            self._send(self._subscribe(channel, confirmed))
+            if len(self.confirmed) > self.MAX_CHANNELS:
+                busy = {c for c, _ in self.waiters}
+                idle = next((c for c in self.confirmed if c not in busy and c != channel), None)
+                if idle is not None:
+                    del self.confirmed[idle]
+                    self._send(self.pubsub.unsubscribe(idle))
         await asyncio.wait({confirmed}, timeout=timeout or 1.0)
         return self.listening(channel)
+
+    def _send(self, call: Awaitable[Any]) -> None:
+        """(Un)subscribe in a task of its own: the caller only awaits the confirmation."""
+        send = asyncio.ensure_future(call)
+        self._sends.add(send)
+        send.add_done_callback(self._sends.discard)
+        send.add_done_callback(_retrieve)
 
     async def _subscribe(self, channel: str, confirmed: asyncio.Future[bool]) -> None:
         try:
