@@ -193,21 +193,17 @@ async def test_one_subscription_serves_every_wait_and_keeps_a_bounded_set_of_cha
 ) -> None:
     from leaderd.aio import SharedSubscription
 
+    from .test_elector import until
+
     monkeypatch.setattr(SharedSubscription, "MAX_CHANNELS", 3)
     for i in range(6):  # a waiter on ever new keys: each wait subscribes once
         r.set(f"busy{i}", "someone else", px=60_000)
         with pytest.raises(MaxRetryError):
             await aclient.lock(f"busy{i}", expiration=5,
                                retry=FixedIntervalStrategy(0.05, max_retry=1))  # fmt: skip
-        deadline = time.monotonic() + 5  # it leaves the queue when it gives up (in the
-        while r.zcard(f"{{busy{i}}}:waiters") and time.monotonic() < deadline:  # background)
-            await asyncio.sleep(0.01)
-        assert r.zcard(f"{{busy{i}}}:waiters") == 0
-    channels = [c for c in r.pubsub_channels("leaderd:released:*")]
-    deadline = time.monotonic() + 5
-    while len(channels) > 3 and time.monotonic() < deadline:  # the last unsubscribe
-        await asyncio.sleep(0.01)
-        channels = list(r.pubsub_channels("leaderd:released:*"))
-    assert len(channels) == 3 and len(aclient.subscription.confirmed) == 3
+        # it leaves the queue when it gives up (in the background)
+        await until(lambda i=i: r.zcard(f"{{busy{i}}}:waiters") == 0)
+    await until(lambda: len(r.pubsub_channels("leaderd:released:*")) == 3)  # unsubscribed
+    assert len(aclient.subscription.confirmed) == 3
     clients = [c for c in r.client_list() if c.get("sub", "0") != "0"]
     assert len(clients) == 1  # one pub/sub connection for all of them
