@@ -155,7 +155,7 @@ def crash(url: str, elections: int, victims: int, ttl: float, retry: float) -> d
         time.sleep(ttl)  # steady: every follower has seen a lease and waits on it
         killed = time.monotonic()
         os.kill(victim.procs[0].pid, signal.SIGKILL)
-        deadline = killed + ttl + 30
+        deadline = killed + 2 * ttl + 30
         lat: list[float] = []
         while time.monotonic() < deadline:
             became = {e: t for got in fleet.ask("became") for e, t in got.items()}
@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--elections", type=int, default=10000)
     parser.add_argument("--victims", type=int, default=100)
     parser.add_argument("--window", type=float, default=20.0)
+    parser.add_argument("--ttl", type=float, default=30.0, help="lease of the many elections")
+    parser.add_argument("--retry", type=float, default=30.0, help="their followers' poll")
     args = parser.parse_args()
     # Each process's client keeps one pub/sub connection; its pool opens one
     # connection per concurrent call: raise the descriptor limit as far as allowed.
@@ -244,11 +246,12 @@ def main() -> None:
                        ttl=10.0, retry=2.0, window=args.window)  # fmt: skip
         server.flushall()
         many_spec = [(f"e{j}", f"c{j}-{k}") for j in range(args.elections) for k in range(2)]
-        many = scenario(server.url, many_spec, args.elections, ttl=10.0, retry=2.0,
+        many = scenario(server.url, many_spec, args.elections, ttl=args.ttl, retry=args.retry,
                         window=args.window)  # fmt: skip
         server.flushall()
-        crashed = crash(server.url, args.elections, args.victims, ttl=10.0, retry=2.0)
-    print(f"\n### Scale ({PROCS} processes of asyncio Electors, ttl 10s, retry 2s, "
+        crashed = crash(server.url, args.elections, args.victims, ttl=args.ttl, retry=args.retry)
+    print(f"\n### Scale ({PROCS} processes of asyncio Electors; one election: ttl 10 s, "
+          f"retry 2 s; many elections: ttl {args.ttl:g} s, retry {args.retry:g} s; "
           f"{args.window:.0f} s window)\n")  # fmt: skip
     print("| scenario | settled in s | elections with exactly 1 leader | Redis requests/s | "
           "Redis commands/s | Redis CPU % | graceful hand-over p50 / max ms (count) |")  # fmt: skip
@@ -266,7 +269,8 @@ def main() -> None:
         )
     print(
         f"\nCrash failover: {args.victims} leaders killed at once (SIGKILL of their process), "
-        f"{args.elections} elections x 2 candidates, ttl 10 s: {crashed.get('recovered')}/"
+        f"{args.elections} elections x 2 candidates, ttl {args.ttl:g} s: "
+        f"{crashed.get('recovered')}/"
         f"{args.victims} elections led again, p50 {crashed.get('p50_s')} s, max "
         f"{crashed.get('max_s')} s; afterwards {crashed.get('one_leader_after')}/"
         f"{args.elections} elections with exactly one leader"
