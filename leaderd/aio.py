@@ -262,7 +262,7 @@ class SharedSubscription:
 
     #: Channels kept subscribed; beyond this the least recently used idle one is dropped
     #: (a client that locks ever new keys must not subscribe without end).
-    MAX_CHANNELS = 1024
+    MAX_CHANNELS = 65536
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
