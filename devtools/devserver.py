@@ -54,15 +54,22 @@ def server_version(binary: str) -> tuple[int, ...]:
     return tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
 
 
-def free_port(below: int = 65536) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (and < `below`:
-    a Cluster node also uses port + 10000)."""
+def free_port(below: int = 65536, bus: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (and < `below`; with
+    `bus`, port + 10000 is free too: a Cluster node listens there as well)."""
     for _ in range(1000):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port < below:
-            return port
+        if port >= below:
+            continue
+        if bus:
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
     raise RuntimeError(f"no free port below {below}")
 
 
@@ -83,8 +90,9 @@ class RedisServer:
         self.binary = binary or find_redis_server()
         self.config = config
         self.sentinel = sentinel
-        cluster = "--cluster-enabled" in (extra_args or [])
-        self.port = port or free_port(below=55535 if cluster else 65536)
+        self.cluster = "--cluster-enabled" in (extra_args or [])
+        self.auto_port = port is None  # a port taken meanwhile: start() picks another
+        self.port = port or free_port(below=55535 if self.cluster else 65536, bus=self.cluster)
         self.password = password
         self.extra_args = list(extra_args or [])
         self.dir = tempfile.mkdtemp(prefix="leaderd-redis-")
@@ -115,7 +123,28 @@ class RedisServer:
         return args + self.extra_args
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections. A port chosen here
+        that something else took in the meantime is replaced (at most 5 times)."""
+        for _ in range(4):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                # only before the first start: a restart keeps its clients' port
+                if not self.auto_port or "Address already in use" not in self._log():
+                    raise
+                self.port = free_port(below=55535 if self.cluster else 65536, bus=self.cluster)
+        return self._start(timeout)
+
+    def _log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "redis.log"), encoding="utf-8") as fh:
+                return fh.read()[-4000:]
+        except OSError:
+            return ""
+
+    def _start(self, timeout: float) -> RedisServer:
+        if self.proc is not None:
+            self.auto_port = False  # started before: clients know this port
         self.proc = subprocess.Popen(
             self.args(),
             stdin=subprocess.DEVNULL,
