@@ -11,7 +11,7 @@
 -- Writes nothing unless the request is valid.
 -- Returns {1, holder value, target's queue value} or {0, reason, holder value}.
 if redis.replicate_commands then redis.replicate_commands() end
-local key, waiters, expiries, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local key, waiters, control = KEYS[1], KEYS[2], KEYS[4]
 local op, target = ARGV[1], ARGV[2]
 local current = redis.call('GET', key)
 if not current or string.sub(current, 1, 10) == '\0handover\0' then
