@@ -57,17 +57,9 @@ class AsyncLockClient:
         wait_ms = 0
         if self.min_replicas and script is not _core.RELEASE:
             wait_ms = _core.wait_budget_ms(timeout)
-        call = asyncio.ensure_future(self._eval_unbounded(script, keys, args, wait_ms))
-        call.add_done_callback(_retrieve)
-        try:
-            done, _ = await asyncio.wait({call}, timeout=timeout)
-        except BaseException:
-            call.cancel()
-            raise
-        if not done:
-            call.cancel()
-            raise TimeoutError(f"{script.name} did not answer within {timeout}s")
-        return call.result()
+        return await _bounded(
+            self._eval_unbounded(script, keys, args, wait_ms), timeout, script.name
+        )
 
     async def _eval_unbounded(
         self, script: Script, keys: list[str], args: list[str], wait_ms: int = 0
@@ -226,17 +218,25 @@ class AsyncLockClient:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
-        call = asyncio.ensure_future(run())
-        call.add_done_callback(_retrieve)
-        try:
-            done, _ = await asyncio.wait({call}, timeout=timeout)
-        except BaseException:
-            call.cancel()
-            raise
-        if not done:
-            call.cancel()
-            raise TimeoutError(f"{commands[0][0]} did not answer within {timeout}s")
-        return call.result()
+        replies: list[Any] = await _bounded(run(), timeout, str(commands[0][0]))
+        return replies
+
+
+async def _bounded(call: Awaitable[Any], timeout: float | None, what: str) -> Any:
+    """Await `call` within `timeout` in an inner task: the caller only awaits
+    `asyncio.wait`, so its own cancellation always propagates (some redis-py versions
+    swallow one that lands inside their I/O); an abandoned call is cancelled."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"{what} did not answer within {timeout}s")
+    return task.result()
 
 
 async def _noop() -> None:
@@ -362,7 +362,8 @@ class SharedSubscription:
 
     async def wait(self, channel: str, seconds: float, message: str | None = None) -> bool:
         """Wait up to `seconds` for `message` (None: any message) on `channel`, or one that
-        came while nobody waited; True if one came. Without a subscription: a sleep."""
+        came while nobody waited; True if one came. Without a subscription: a sleep; if
+        the connection breaks meanwhile: False at once."""
         if message is not None and (channel, message) in self.pending:
             self.pending.discard((channel, message))
             return True
@@ -375,7 +376,6 @@ class SharedSubscription:
         if not self.listening(channel) or reader is None:
             await asyncio.sleep(max(0.0, seconds))
             return False
-        started = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.setdefault((channel, message), set()).add(future)
         try:
@@ -388,11 +388,9 @@ class SharedSubscription:
                 waiting.discard(future)
                 if not waiting:
                     del self.waiters[(channel, message)]
-        if future.done():
-            return True
-        if reader.done():  # the connection broke: sleep out the rest
-            await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
-        return False
+        # False also when the connection broke: the caller acts now (a lock() attempts,
+        # a leader reads its control key) and subscribes again
+        return future.done()
 
     async def close(self) -> None:
         """Stop reading and close the connection; the next listen() starts afresh."""

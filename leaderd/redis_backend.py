@@ -165,7 +165,7 @@ class RedisBackend:
             if subscription.listening(channel):
                 await subscription.wait(channel, CONTROL_POLL)
             else:
-                await asyncio.sleep(CONTROL_POLL / 4)
+                await asyncio.sleep(CONTROL_POLL_UNSUBSCRIBED)
 
     async def hand_over(self, lease: Lease, to: str, timeout: float) -> bool:
         lock: AsyncLock = lease.handle
@@ -178,8 +178,11 @@ class RedisBackend:
                                   priority=priority, timeout=timeout)  # fmt: skip
 
 
-#: How often a leader re-reads the control key in case a pub/sub message was missed.
-CONTROL_POLL = 2.0
+#: How often a subscribed leader re-reads the control key anyway: after a reconnect it
+#: re-reads at once, so this only backs up a message lost on a live connection.
+CONTROL_POLL = 10.0
+#: How often a leader without pub/sub (Redis Cluster) reads the control key.
+CONTROL_POLL_UNSUBSCRIBED = 0.5
 #: Control operations and how long a request stands by default.
 CONTROL_OPS = ("resign", "switchover", "preempt")
 

@@ -246,3 +246,13 @@ def test_status_checks_only_what_a_client_needs(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, env=env,
     )  # fmt: skip
     assert out.returncode == 1 and "cannot read leaderd:{jobs}" in out.stderr, out.stderr
+
+
+def test_preempt_and_advertise_from_env_and_flags() -> None:
+    e = config({"LEADERD_PREEMPT": "true", "LEADERD_PREEMPT_DELAY": "3s",
+                "LEADERD_ADVERTISE": "10.0.0.7:8080"}).election  # fmt: skip
+    assert e.preempt is True and e.preempt_delay == 3.0 and e.advertise == "10.0.0.7:8080"
+    e = config({"LEADERD_ADVERTISE": "x:1"}, advertise="y:2", preempt_delay="500ms").election
+    assert e.advertise == "y:2" and e.preempt_delay == 0.5 and e.preempt is False
+    default = config().election
+    assert default.preempt is False and default.preempt_delay == 10.0 and default.advertise is None
