@@ -418,6 +418,8 @@ class AsyncSubscription:
     def __init__(self, pubsub: Any, channels: list[str]) -> None:
         self.pubsub = pubsub
         self.channels = channels
+        #: (channel, data) of every message not taken yet, in order of arrival
+        self.messages: list[tuple[str, str]] = []
         self.subscribed = False
         loop = asyncio.get_running_loop()
         self._confirmed: asyncio.Future[bool] = loop.create_future()
@@ -457,8 +459,11 @@ class AsyncSubscription:
                     confirmed += 1
                     if confirmed == len(self.channels) and not self._confirmed.done():
                         self._confirmed.set_result(True)
-                elif kind in ("message", b"message") and not self._message.done():
-                    self._message.set_result(None)
+                elif kind in ("message", b"message"):
+                    if len(self.messages) < 10_000:  # in order, for a reader that wants them
+                        self.messages.append((_text(msg.get("channel")), _text(msg.get("data"))))
+                    if not self._message.done():
+                        self._message.set_result(None)
         except Exception:
             pass  # the caller falls back to plain sleeping
         finally:
@@ -480,6 +485,11 @@ class AsyncSubscription:
             return False
         self._message = asyncio.get_running_loop().create_future()
         return True
+
+    def take(self) -> list[tuple[str, str]]:
+        """The messages received since the last call, oldest first."""
+        taken, self.messages = self.messages, []
+        return taken
 
     async def close(self) -> None:
         """Stop the reader, which closes the pub/sub connection itself."""

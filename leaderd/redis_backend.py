@@ -242,29 +242,45 @@ async def follow(
 ) -> AsyncGenerator[Holder | None, None]:
     """The holder of `election`, then each change of holder or term (None: nobody).
 
-    New terms and releases are announced on pub/sub, so a change is seen within
-    milliseconds; a read every `poll` seconds, and at the lease's expiry, is the
-    backstop (a missed message, an expired leader, a Redis without pub/sub). A lock
-    being handed over is not reported: its next holder is (or, if the reservation
-    lapses, "nobody").
+    New terms are announced on pub/sub with the new holder's value, and each one is
+    reported in order, even several between two reads; releases are announced too.
+    A read every `poll` seconds, and at the lease's expiry, is the backstop (a missed
+    message, an expired leader, a Redis without pub/sub). A lock being handed over is
+    not reported: its next holder is (or, if the reservation lapses, "nobody").
+    A term older than one already reported (a late message) is never reported.
     """
     key = election_key(election)
-    channels = [_core.terms_channel(key), _core.release_channel(key)]
+    terms = _core.terms_channel(key)
     sub: AsyncSubscription | None = None
     last: tuple[str, int | None] | bool | None = False  # False: nothing reported yet
+    newest = 0  # the largest token reported: tokens only grow
+
+    def news(holder: Holder | None) -> bool:
+        seen = None if holder is None else (holder.identity, holder.token)
+        older = holder is not None and (holder.token or newest + 1) <= newest
+        return seen != last and not older
+
     try:
         while True:
             if sub is None or not sub.subscribed:
                 with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
                     if sub is not None:
                         await sub.close()
-                    sub = await AsyncSubscription.start(client.redis, channels, timeout)
+                    sub = await AsyncSubscription.start(client.redis, [terms], timeout)
+            for channel, data in sub.take() if sub is not None else []:
+                if channel == terms and data:  # a new term, with its holder's value
+                    announced = parse_holder(data)
+                    if news(announced):
+                        last = (announced.identity, announced.token)
+                        newest = announced.token or newest
+                        yield announced
             value, left = await client.get_holder(key, timeout=timeout)
             holder = None if value is None else parse_holder(value)
-            seen = None if holder is None else (holder.identity, holder.token)
             handing_over = value is None and left is not None  # the next term is coming
-            if seen != last and not handing_over:
-                last = seen
+            if news(holder) and not handing_over:
+                last = None if holder is None else (holder.identity, holder.token)
+                if holder is not None and holder.token:
+                    newest = holder.token
                 yield holder
             wait = poll if left is None or left < 0 else min(poll, left + 0.001)
             if sub is not None and sub.subscribed:
