@@ -49,14 +49,16 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> Script:
-        source = resources.files("leaderd.scripts").joinpath(f"{name}.lua").read_text("utf-8")
+    def load(cls, name: str, *parts: str) -> Script:
+        """Load `name`.lua with the shared `parts` (.lua files too) prepended."""
+        files = resources.files("leaderd.scripts")
+        source = "".join(files.joinpath(f"{n}.lua").read_text("utf-8") for n in (*parts, name))
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-ACQUIRE = Script.load("acquire")
+ACQUIRE = Script.load("acquire", "fence")
 REFRESH = Script.load("refresh")
-RELEASE = Script.load("release")
+RELEASE = Script.load("release", "fence")
 CONTROL = Script.load("control")
 
 
@@ -118,23 +120,30 @@ def helper_keys(key: str) -> list[str]:
     return [prefix + ":waiters", prefix + ":waiting"]
 
 
-def leave_queue_commands(key: str, member: str) -> list[tuple[str, ...]]:
-    """Remove a waiter's entry from the queue (a waiter that stops waiting early)."""
-    return [("ZREM", helper_keys(key)[0], member)]
-
-
-def queue_member(listener: str, value: str) -> str:
-    """A waiter's queue entry: the id of the subscription it listens on, and its value."""
-    return f"{listener}|{value}"
+def queue_member(listener: str, call: int, px: int, embed: bool, value: str) -> str:
+    """A waiter's queue entry: the subscription it listens on, which `lock()` call of
+    that subscription waits (so a late message for an earlier call is never taken for
+    this one), the lease and value the lock is handed over with, and whether the
+    token is embedded in the value."""
+    return f"{listener}|{call}-{px}{'t' if embed else ''}|{value}"
 
 
 def queued_value(member: str) -> str:
     """The lock value inside a queue entry."""
-    return member.split("|", 1)[-1]
+    return member.split("|", 2)[-1]
 
 
-#: What a lock key holds while it is handed over to a waiter (then `HANDOVER` + member).
-HANDOVER = "\0handover\0"
+def parse_wake(data: str) -> tuple[int, str] | None:
+    """(token, member) of a hand-over message "<token> <member>"; None if it is not one."""
+    token, _, member = data.partition(" ")
+    if not member or not token.isdigit() or len(token) > 19:
+        return None
+    return int(token), member
+
+
+def stored_value(value: str, embed: bool, token: int) -> str:
+    """What a holder's key holds: `value`, or with `"token":<token>` appended (embed)."""
+    return f'{value[:-1]},"token":{token}}}' if embed else value
 
 
 def release_channel(key: str) -> str:
@@ -193,12 +202,6 @@ def check_value(value: str | None, embed_token: bool) -> str:
     return value
 
 
-#: How long a released lock is reserved for the waiter it was handed to.
-HANDOFF_SECONDS = 0.05
-#: How long a hand-over to a named waiter (switchover, preemption) is reserved for it.
-TARGET_HANDOFF_SECONDS = 1.0
-
-
 #: Waiter priorities: the queue serves the highest first (FIFO among equals).
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
@@ -234,15 +237,15 @@ def acquire_args(
 
 
 def release_args(
-    key: str, value: str, to: str | None = None, announce: bool = False
+    key: str, value: str, to: str | None = None, announce: bool = False, leaving: str = ""
 ) -> tuple[list[str], list[str]]:
     """Keys and args of the release script; `to`: hand over to this waiter (its queue
-    member) if it is still queued and listening, for longer than an ordinary hand-over;
-    `announce`: tell an election's watchers."""
-    keys = [key, *helper_keys(key)]
-    args = [value, release_channel(key), str(round(HANDOFF_SECONDS * 1000)), to or "",
-            str(round(TARGET_HANDOFF_SECONDS * 1000)),
-            terms_channel(key) if announce else ""]  # fmt: skip
+    member) if it is still queued and listening; `announce`: tell an election's
+    watchers; `leaving`: a waiter's member that gives up (it leaves the queue, and
+    passes the lock on if it was handed it meanwhile)."""
+    keys = [key, *helper_keys(key), fence_key(key)]
+    args = [value, release_channel(key), to or "", terms_channel(key) if announce else "",
+            leaving]  # fmt: skip
     return keys, args
 
 
@@ -260,18 +263,15 @@ def parse_acquire(reply: object) -> AcquireResult:
             raise LockError(f"the fencing counter holds {token[:40]!r}, not a token")
         return AcquireResult(True, token=int(token), value=_text(b))
     pttl = int(b)
-    holder = None if a is None else _text(a)  # None: reserved for a waiting client
+    holder = None if a is None else _text(a)
     return AcquireResult(False, holder=holder, ttl=pttl / 1000.0 if pttl >= 0 else float(pttl))
 
 
 def parse_holder(value: object, pttl: int) -> tuple[str | None, float | None]:
-    """(holder value, seconds left) from a GET and a PTTL of a lock key; a lock being
-    handed over has no holder yet (None, seconds the reservation lasts)."""
+    """(holder value, seconds left) from a GET and a PTTL of a lock key."""
     if value is None:
         return None, None
-    text = _text(value)
-    left = pttl / 1000.0 if pttl >= 0 else None
-    return (None if text.startswith(HANDOVER) else text), left
+    return _text(value), (pttl / 1000.0 if pttl >= 0 else None)
 
 
 #: Error replies that mean "this node cannot serve writes right now" (failover,
@@ -488,18 +488,42 @@ LockStep = Attempt | Listen | Sleep
 AttemptOutcome = tuple[AcquireResult | None, Exception | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What a `lock()` call needs to take a lock a release handed to it: its value, the
+    embed flag and lease it was queued with; `confirm`: take it only after an attempt
+    has proved it (when replicas must acknowledge the write)."""
+
+    value: str
+    embed: bool
+    lease: float
+    confirm: bool = False
+
+
 def lock_flow(
-    plan: RetryPlan, on_attempt: AttemptHook | None, listening: bool = False
+    plan: RetryPlan,
+    on_attempt: AttemptHook | None,
+    listening: bool = False,
+    handover: Handover | None = None,
 ) -> Generator[LockStep, Any, tuple[AcquireResult, float]]:
-    """The steps of `lock()`: returns the winning result and when its attempt started.
+    """The steps of `lock()`: returns the winning result and the monotonic time from
+    which its lease is certainly counted.
 
     `listening`: the caller's subscription for this key exists already (an earlier
-    `lock()` made it), so even its first attempt queues it. Raises `MaxRetryError`
-    (from `plan`) when the strategy gives up.
+    `lock()` made it), so even its first attempt queues it. A `Sleep` is sent back the
+    token of a hand-over to this call (else None): the release made us the holder, at
+    a moment after our first queued attempt started, so the lease is counted from that
+    start; if half of it is gone already, an attempt confirms the lock instead (it
+    finds our value and extends it). Raises `MaxRetryError` (from `plan`) when the
+    strategy gives up.
     """
+    queued_since: float | None = None  # start of the first attempt that could queue us
     while True:
         started = time.monotonic()
-        outcome: AttemptOutcome = yield Attempt(plan.wait_ms(started, listening))
+        wait_ms = plan.wait_ms(started, listening)
+        if wait_ms and queued_since is None:
+            queued_since = started
+        outcome: AttemptOutcome = yield Attempt(wait_ms)
         result, error = outcome
         if on_attempt is not None:
             on_attempt(result, error)
@@ -509,7 +533,19 @@ def lock_flow(
             listening = True
             if (yield Listen()):
                 continue  # a release may have slipped in before we listened
-        yield Sleep(plan.wake_at())
+        token = yield Sleep(plan.wake_at())
+        if (
+            token is not None
+            and handover is not None
+            and not handover.confirm
+            and queued_since is not None
+            and time.monotonic() - queued_since < handover.lease / 2
+        ):
+            value = stored_value(handover.value, handover.embed, token)
+            result = AcquireResult(True, token=token, value=value)
+            if on_attempt is not None:
+                on_attempt(result, None)
+            return result, queued_since
 
 
 def classify_attempt_error(exc: Exception) -> Exception:

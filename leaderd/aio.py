@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
@@ -38,6 +39,9 @@ class AsyncLockClient:
         # first attempt. Queue entries carry this client's listener id.
         self.subscription = SharedSubscription(client)
         self.listener = _core.new_listener_id()
+        self._calls = itertools.count(1)  # numbers lock() calls: part of a queue entry
+        #: queue entries of lock() calls that may still be queued -> (key, value)
+        self._queued: dict[str, tuple[str, str]] = {}
         self._background: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
@@ -150,9 +154,11 @@ class AsyncLockClient:
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         channel = _core.waiter_channel(key, self.listener)
-        flow = _core.lock_flow(plan, on_attempt, listening=self.subscription.listening(channel))
+        handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
+        flow = _core.lock_flow(plan, on_attempt, self.subscription.listening(channel), handover)
+        member = _core.queue_member(self.listener, next(self._calls), px, embed_token, value)
         sent: Any = None
-        queued = ""  # our queue entry, if an attempt queued us
+        queued = False  # whether an attempt queued us
         try:
             while True:
                 try:
@@ -160,27 +166,31 @@ class AsyncLockClient:
                 except StopIteration as done:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
-                    queued = ""  # the winning attempt left the queue
+                    queued = False  # the winning attempt (or the hand-over) left the queue
                     return AsyncLock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
-                    member = ""
-                    if step.wait_ms and self.subscription.listening(channel):
-                        member = queued = _core.queue_member(self.listener, value)
+                    queue = step.wait_ms > 0 and self.subscription.listening(channel)
+                    if queue:
+                        queued = True
+                        self._queued[member] = (key, value)
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
-                                                     step.wait_ms, priority, member)  # fmt: skip
+                                                     step.wait_ms, priority,
+                                                     member if queue else "")  # fmt: skip
                         sent = (result, None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
                     sent = await self.subscription.listen(channel, timeout)
                 else:  # woken by a hand-over to this call's queue entry, or at `until`
-                    member = _core.queue_member(self.listener, value)
-                    await self.subscription.wait(channel, step.until - time.monotonic(), member)
-                    sent = None
+                    sent = await self.subscription.handed(
+                        channel, step.until - time.monotonic(), member)  # fmt: skip
         finally:
+            self.subscription.forget(channel, member)
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
-                self._in_background(self.commands(_core.leave_queue_commands(key, queued), timeout))
+                self._in_background(self._leave(key, member, timeout))
+            else:
+                self._queued.pop(member, None)
 
     def _in_background(self, call: Awaitable[Any]) -> None:
         """Run a best-effort call without making anyone wait for it."""
@@ -197,9 +207,18 @@ class AsyncLockClient:
         return await self._eval(script, keys, args, _core.check_timeout(timeout))
 
     async def leave_queue(self, key: str, value: str, timeout: float | None = 1.0) -> None:
-        """Give up a waiter's place in `key`'s queue (a `lock()` call abandoned early)."""
-        member = _core.queue_member(self.listener, value)
-        await self.commands(_core.leave_queue_commands(key, member), timeout)
+        """Give up the waiter places in `key`'s queue of the `lock()` calls for `value`
+        that were abandoned (a lock handed to one meanwhile passes on to the next)."""
+        for member, (k, v) in list(self._queued.items()):
+            if k == key and v == value:
+                await self._leave(key, member, timeout)
+
+    async def _leave(self, key: str, member: str, timeout: float | None) -> None:
+        keys, args = _core.release_args(key, "", leaving=member)
+        try:
+            await self._eval(_core.RELEASE, keys, args, _core.check_timeout(timeout))
+        finally:
+            self._queued.pop(member, None)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -269,9 +288,12 @@ class SharedSubscription:
         self.pubsub: Any = None
         self.reader: asyncio.Future[None] | None = None
         self.confirmed: dict[str, asyncio.Future[bool]] = {}
-        #: (channel, message) -> futures of waiters; message None: any message
-        self.waiters: dict[tuple[str, str | None], set[asyncio.Future[None]]] = {}
-        self.pending: set[tuple[str, str]] = set()  # messages nobody waited for yet
+        #: (channel, message) -> futures of waiters; message None: any message. A
+        #: hand-over message "<token> <member>" is keyed by its member; the futures
+        #: get its token (else None).
+        self.waiters: dict[tuple[str, str | None], set[asyncio.Future[int | None]]] = {}
+        #: messages nobody waited for yet (key as in `waiters`) -> their token
+        self.pending: dict[tuple[str, str], int | None] = {}
         self._sends: set[asyncio.Future[Any]] = set()
 
     def alive(self) -> bool:
@@ -344,15 +366,17 @@ class SharedSubscription:
                         confirmed.set_result(True)
                 elif kind == "message":
                     data = _text(msg.get("data"))
-                    waiting = self.waiters.pop((channel, data), None)
+                    wake = _core.parse_wake(data)
+                    token, message = (None, data) if wake is None else wake
+                    waiting = self.waiters.pop((channel, message), None)
                     if not waiting:
                         waiting = self.waiters.pop((channel, None), None)
                     if waiting:
                         for future in waiting:
                             if not future.done():
-                                future.set_result(None)
+                                future.set_result(token)
                     elif len(self.pending) < 10_000:
-                        self.pending.add((channel, data))
+                        self.pending[(channel, message)] = token
         except Exception:
             pass  # the callers fall back to sleeping, and subscribe again later
         finally:
@@ -364,23 +388,40 @@ class SharedSubscription:
         """Wait up to `seconds` for `message` (None: any message) on `channel`, or one that
         came while nobody waited; True if one came. Without a subscription: a sleep; if
         the connection breaks meanwhile: False at once."""
+        came, _ = await self._wait(channel, seconds, message)
+        return came
+
+    async def handed(self, channel: str, seconds: float, member: str) -> int | None:
+        """Wait up to `seconds` for a hand-over to the queue entry `member` on `channel`
+        (as `wait`); its token, or None."""
+        _, token = await self._wait(channel, seconds, member)
+        return token
+
+    def forget(self, channel: str, member: str) -> None:
+        """Drop a message for `member` that nobody will wait for any more."""
+        self.pending.pop((channel, member), None)
+
+    async def _wait(
+        self, channel: str, seconds: float, message: str | None
+    ) -> tuple[bool, int | None]:
         if message is not None and (channel, message) in self.pending:
-            self.pending.discard((channel, message))
-            return True
+            return True, self.pending.pop((channel, message))
         if message is None:
-            came = {p for p in self.pending if p[0] == channel}
+            came = [p for p in self.pending if p[0] == channel]
             if came:
-                self.pending -= came
-                return True
+                for p in came:
+                    del self.pending[p]
+                return True, None
         reader = self.reader
         if not self.listening(channel) or reader is None:
             await asyncio.sleep(max(0.0, seconds))
-            return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return False, None
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self.waiters.setdefault((channel, message), set()).add(future)
+        either: set[asyncio.Future[Any]] = {future, reader}
         try:
             await asyncio.wait(
-                {future, reader}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+                either, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             waiting = self.waiters.get((channel, message))
@@ -390,13 +431,15 @@ class SharedSubscription:
                     del self.waiters[(channel, message)]
         # False also when the connection broke: the caller acts now (a lock() attempts,
         # a leader reads its control key) and subscribes again
-        return future.done()
+        if future.done() and not future.cancelled():
+            return True, future.result()
+        return False, None
 
     async def close(self) -> None:
         """Stop reading and close the connection; the next listen() starts afresh."""
         reader, pubsub = self.reader, self.pubsub
         self.reader, self.pubsub = None, None
-        self.confirmed, self.pending = {}, set()
+        self.confirmed, self.pending = {}, {}
         if reader is not None:
             reader.cancel()
             await asyncio.wait({reader}, timeout=1.0)
@@ -514,9 +557,9 @@ class AsyncLock(LockBase):
         _core.released(self, await self._call(_core.release_call(self), timeout))
 
     async def hand_over(self, to: str, timeout: float | None = 1.0) -> bool:
-        """Release the lock to the waiter whose queue entry is `to`, reserved for it
-        alone; True if it was, False if `to` no longer waits (then the next waiter gets
-        it as on `unlock`). `LockNotHeldError` if the lock is not ours."""
+        """Release the lock to the waiter whose queue entry is `to` (it becomes the
+        holder at once); True if it was, False if `to` no longer waits (then the next
+        waiter gets it as on `unlock`). `LockNotHeldError` if the lock is not ours."""
         ok = await self._call(_core.release_call(self, to), timeout)
         _core.released(self, ok)
         return int(ok) == 2

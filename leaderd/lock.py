@@ -7,6 +7,7 @@ costs at most `timeout` seconds per attempt and never blocks a caller forever.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -24,6 +25,8 @@ from .strategy import RetryStrategy
 
 #: Per thread, subscriptions kept for this many keys (the least recently used closes).
 MAX_LISTENERS = 16
+#: Numbers the `lock()` calls of this process (part of a waiter's queue entry).
+_CALLS = itertools.count(1)
 
 DEFAULT_RETRY, TRANSIENT = _core.DEFAULT_RETRY, _core.TRANSIENT
 
@@ -239,7 +242,9 @@ class LockClient:
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         waiter = self._listener(key, timeout, create=False)
-        flow = _core.lock_flow(plan, on_attempt, listening=waiter is not None)
+        handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
+        flow = _core.lock_flow(plan, on_attempt, waiter is not None, handover)
+        call = next(_CALLS)  # tells this call's hand-over messages from a late earlier one
         sent: Any = None
         queued = ""  # our queue entry, if an attempt queued us
         try:
@@ -249,12 +254,13 @@ class LockClient:
                 except StopIteration as done:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
-                    queued = ""  # the winning attempt left the queue
+                    queued = ""  # the winning attempt (or the hand-over) left the queue
                     return Lock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
                     member = ""
                     if waiter is not None and step.wait_ms:
-                        member = queued = _core.queue_member(waiter.listener, value)
+                        member = queued = _core.queue_member(
+                            waiter.listener, call, px, embed_token, value)  # fmt: skip
                     try:
                         sent = (self._acquire(key, value, px, timeout, embed_token,
                                               step.wait_ms, priority, member), None)  # fmt: skip
@@ -264,21 +270,22 @@ class LockClient:
                     waiter = self._listener(key, timeout, create=True)
                     sent = waiter is not None
                 else:
-                    self._wait(step.until, waiter)
-                    sent = None
+                    sent = self._wait(step.until, waiter, queued)
         finally:
             if queued:  # gave up (or was interrupted) while queued: leave the queue
                 with contextlib.suppress(Exception):
                     self._leave(key, queued, timeout)
 
     @staticmethod
-    def _wait(wake_at: float, waiter: _Waiter | None) -> None:
-        """Sleep until `wake_at`, or until a release hands the lock to us (or to anyone)."""
+    def _wait(wake_at: float, waiter: _Waiter | None, member: str) -> int | None:
+        """Sleep until `wake_at`, or until a release wakes us; the token if it handed
+        the lock to `member`."""
         left = wake_at - time.monotonic()
         if waiter is not None and waiter.subscribed:
-            waiter.wait(left)
-        elif left > 0:
+            return waiter.wait(left, member)
+        if left > 0:
             time.sleep(left)
+        return None
 
     def get_holder(self, key: str, timeout: float | None = 1.0) -> tuple[str | None, float | None]:
         """The value stored under `key` and its remaining lease in seconds (None if free)."""
@@ -295,13 +302,10 @@ class LockClient:
         )
 
     def _leave(self, key: str, member: str, timeout: float | None) -> None:
-        """Remove a queue entry (a `lock()` that stopped waiting without the lock)."""
-        pool = getattr(self.redis, "connection_pool", None)
-        commands = _core.leave_queue_commands(key, member)
-        if pool is None or getattr(self.redis, "connection", None) is not None:
-            self.redis.execute_command(*commands[0])  # type: ignore[no-untyped-call]
-        else:
-            self._pipeline(commands, timeout, _raise)
+        """Leave the queue (a `lock()` that stopped waiting without the lock); a lock
+        handed to `member` meanwhile is passed on to the next waiter."""
+        keys, args = _core.release_args(key, "", leaving=member)
+        self._eval(_core.RELEASE, keys, args, timeout)
 
 
 def _raise(replies: list[Any]) -> list[Any]:
@@ -320,7 +324,6 @@ class _Waiter:
         channels = [_core.waiter_channel(key, self.listener)]
         self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         self.subscribed = False
-        self._unread = False
         try:
             self.pubsub.subscribe(*channels)
             deadline = time.monotonic() + (timeout or 1.0)
@@ -333,28 +336,26 @@ class _Waiter:
         except TRANSIENT:
             self.close()
 
-    def wait(self, seconds: float) -> bool:
-        """Block up to `seconds`; True as soon as a release announcement arrives.
-
-        The caller retries the moment the socket turns readable; the message itself
-        is parsed on the next call (one per wake-up, so none is lost), which keeps
-        redis-py's message handling off the hand-over's critical path.
-        """
+    def wait(self, seconds: float, member: str) -> int | None:
+        """Block up to `seconds` for a hand-over to `member`: its token, else None.
+        Messages for other entries (a call that gave up as it was handed the lock,
+        which passed it on) are skipped."""
         deadline = time.monotonic() + max(0.0, seconds)
         try:
-            if self._unread:
-                self._unread = False
-                self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            conn = self.pubsub.connection
-            left = deadline - time.monotonic()
-            if conn is not None and left > 0 and conn.can_read(timeout=left):
-                self._unread = True
-                return True
-            return False
+            while True:
+                left = deadline - time.monotonic()
+                msg = self.pubsub.get_message(timeout=max(0.0, left))
+                if msg is not None and msg.get("type") in ("message", b"message"):
+                    data = msg.get("data")
+                    wake = _core.parse_wake(data.decode() if isinstance(data, bytes) else data)
+                    if wake is not None and member and wake[1] == member:
+                        return wake[0]
+                elif left <= 0:
+                    return None
         except TRANSIENT:
             self.subscribed = False
             time.sleep(max(0.0, deadline - time.monotonic()))
-            return False
+            return None
 
     def close(self) -> None:
         self.subscribed = False

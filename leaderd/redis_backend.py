@@ -245,9 +245,9 @@ async def follow(
     New terms are announced on pub/sub with the new holder's value, and each one is
     reported in order, even several between two reads; releases are announced too.
     A read every `poll` seconds, and at the lease's expiry, is the backstop (a missed
-    message, an expired leader, a Redis without pub/sub). A lock being handed over is
-    not reported: its next holder is (or, if the reservation lapses, "nobody").
-    A term older than one already reported (a late message) is never reported.
+    message, an expired leader, a Redis without pub/sub). A hand-over is one change:
+    the release writes the next holder. A term older than one already reported (a
+    late message) is never reported.
     """
     key = election_key(election)
     terms = _core.terms_channel(key)
@@ -276,8 +276,7 @@ async def follow(
                         yield announced
             value, left = await client.get_holder(key, timeout=timeout)
             holder = None if value is None else parse_holder(value)
-            handing_over = value is None and left is not None  # the next term is coming
-            if news(holder) and not handing_over:
+            if news(holder):
                 last = None if holder is None else (holder.identity, holder.token)
                 if holder is not None and holder.token:
                     newest = holder.token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import threading
 import time
@@ -382,24 +383,32 @@ def test_release_hands_over_to_the_longest_waiter_first(client: LockClient, r: r
     assert r.exists("{jobs}:waiters", "{jobs}:waiting") == 0  # nothing left behind
 
 
-def test_a_released_lock_is_reserved_for_the_waiter_it_was_handed_to(
-    client: LockClient, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+def test_a_release_makes_the_first_live_waiter_the_holder(
+    client: LockClient, r: redis.Redis
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
-    # A live waiter that is queued and listening but will not act (so the reservation
-    # is observable however slow this machine is); a long hand-over window too.
+    # Live waiters that are queued and listening but will not act, so the hand-over is
+    # observable however slow this machine is: the release itself writes their value.
     listening = r.pubsub()
     listening.subscribe(_core.waiter_channel("jobs", "L1"))
     wait_for(lambda: listening.get_message(timeout=0.1))
-    r.zadd("{jobs}:waiters", {"L1|queued": 1})
-    r.set("{jobs}:waiting", "1")
-    monkeypatch.setattr(_core, "HANDOFF_SECONDS", 30.0)
+    plain = _core.queue_member("L1", 1, 5000, False, "queued")
+    embedded = _core.queue_member("L1", 2, 7000, True, '{"id":"b"}')
+    r.zadd("{jobs}:waiters", {plain: 1, embedded: 2})
+    r.set("{jobs}:waiting", "2")
     holder.unlock()
-    with pytest.raises(FailedToPreemptLockError, match="reserved for a waiting client") as err:
+    assert r.get("jobs") == b"queued" and 0 < r.pttl("jobs") <= 5000
+    token = int(r.get("{jobs}:fence") or 0)
+    assert token > holder.fencing_token
+    msg = wait_for(lambda: listening.get_message(timeout=0.1))
+    assert msg["data"].decode() == f"{token} {plain}"
+    with pytest.raises(FailedToPreemptLockError, match="held by 'queued'"):
         client.try_lock("jobs", expiration=5)
-    assert err.value.holder is None and 0 < (err.value.ttl or 0) <= 30.0
-    assert r.get("jobs") == b"\0handover\0L1|queued"
-    assert client.get_holder("jobs")[0] is None  # being handed over: nobody holds it
+    # The next release hands over with the token embedded in a JSON value.
+    keys, args = _core.release_args("jobs", "queued")
+    assert r.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 1
+    stored = json.loads(r.get("jobs") or b"")
+    assert stored == {"id": "b", "token": token + 1} and 5000 < r.pttl("jobs") <= 7000
     listening.close()
 
 
@@ -408,8 +417,9 @@ def test_a_dead_waiter_does_not_block_the_hand_over(
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
     # A waiter that queued and then vanished (its entry is still there, its
-    # subscription is gone).
-    r.zadd("{jobs}:waiters", {"ghost-listener|ghost": 1})
+    # subscription is gone), and one entry that is not a waiter's at all.
+    r.zadd("{jobs}:waiters", {_core.queue_member("ghost", 1, 5000, False, "ghost"): 1,
+                              "not-a-member": 2})  # fmt: skip
     r.set("{jobs}:waiting", "1")
     got: list[float] = []
 
@@ -419,11 +429,12 @@ def test_a_dead_waiter_does_not_block_the_hand_over(
 
     thread = threading.Thread(target=wait)
     thread.start()
-    wait_for(lambda: r.zcard("{jobs}:waiters") == 2)
+    wait_for(lambda: r.zcard("{jobs}:waiters") == 3)
     released = time.monotonic()
-    holder.unlock()  # reserved for "ghost", which never comes
+    holder.unlock()  # "ghost" does not hear it: the live waiter gets the lock
     thread.join(5)
     assert got and got[0] - released < 0.5
+    assert r.get("jobs") is None
 
 
 def test_readonly_replica_is_a_retried_failure(

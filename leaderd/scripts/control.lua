@@ -1,5 +1,5 @@
 -- Ask the holder of election lock KEYS[1] to resign or to hand over to a named waiter.
--- KEYS[2] waiters (zset of "<listener id>|<value>"), KEYS[3] unused, KEYS[4] the
+-- KEYS[2] waiters (zset of "<listener id>|<call>-<px>[t]|<value>"), KEYS[3] unused, KEYS[4] the
 -- pending request.
 -- ARGV[1] op: "resign", "switchover" or "preempt"; ARGV[2] the target's identity
 -- (switchover, preempt); ARGV[3] hold-off ms (resign); ARGV[4] how long the request
@@ -14,9 +14,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local key, waiters, control = KEYS[1], KEYS[2], KEYS[4]
 local op, target = ARGV[1], ARGV[2]
 local current = redis.call('GET', key)
-if not current or string.sub(current, 1, 10) == '\0handover\0' then
-  return {0, 'no_leader', false}  -- free, or being handed over right now
-end
+if not current then return {0, 'no_leader', false} end
 local ok, holder = pcall(cjson.decode, current)
 if not ok or type(holder) ~= 'table' or type(holder.identity) ~= 'string' then
   return {0, 'foreign', current}
@@ -29,7 +27,7 @@ if op ~= 'resign' then
   end
   local queued = false
   for _, member in ipairs(redis.call('ZRANGE', waiters, 0, 999)) do
-    local listener, queued_value = string.match(member, '^([^|]*)|(.*)$')
+    local listener, queued_value = string.match(member, '^([^|]*)|[^|]*|(.*)$')
     local okm, w = pcall(cjson.decode, queued_value or '')
     if okm and type(w) == 'table' and w.identity == target then
       queued = true

@@ -1,50 +1,76 @@
 -- Release KEYS[1] (the lock) only if it still holds our value ARGV[1], and hand it
--- over: the first waiter in KEYS[2] (queued as "<listener id>|<value>") that still
--- listens on ARGV[2] .. "|" .. <listener id> is woken there (the message names the
--- member, so a listener shared by many waiters wakes only that one) and the lock is reserved
--- for it ("\0handover\0<member>" for ARGV[3] ms), so only it can take it. Waiters that
--- no longer listen (gone, or given up) are dropped on the way. KEYS[3] is the queue's
+-- straight to the first waiter in KEYS[2] that still listens. KEYS[3] is the queue's
 -- arrival counter, which exists while anyone is queued: without it the queue is not
--- even read; it is deleted when the queue is found empty.
--- ARGV[4] (optional): hand over to this member instead, for ARGV[5] ms, if it is still
--- queued and listening (a switchover). ARGV[6] (optional): a channel to announce the
--- release on (an election's watchers).
--- Uncontended cost: MGET, DEL.
--- Returns 0 when the key is gone or holds someone else's value; 1 when released;
--- 2 when handed over to the member ARGV[4].
+-- even read; it is deleted when the queue is found empty. KEYS[4] is the fencing
+-- counter. fence.lua is prepended to this script.
+-- A waiter is queued as "<listener id>|<call>-<px>[t]|<value>": the lock becomes its
+-- (its value, "t": with the new token embedded, for <px> ms), and it is told so on
+-- ARGV[2] .. "|" .. <listener id> by the message "<token> <member>". The receivers
+-- count of that message is the proof that the waiter is still there: one that is gone
+-- (or no longer listens) is dropped and the next is tried. A waiter that gives up
+-- calls this script with its member as ARGV[5]: it leaves the queue, and if it was
+-- handed the lock meanwhile it releases it here, to the next waiter.
+-- ARGV[3] (optional): hand over to this member instead, if it is still queued and
+-- listening (a switchover). ARGV[4] (optional): a channel to announce the new holder's
+-- value on ('' for nobody; an election's watchers).
+-- Uncontended cost: MGET, DEL. Contended: MGET, ZPOPMIN, INCR, PUBLISH, SET.
+-- Returns 0 when the key is gone or holds someone else's value (or, leaving, the
+-- waiter was still queued); 1 when released; 2 when handed over to the member ARGV[3].
 if redis.replicate_commands then redis.replicate_commands() end
-local key, waiters, flag = KEYS[1], KEYS[2], KEYS[3]
-local got = redis.call('MGET', key, flag)
-if got[1] ~= ARGV[1] then return 0 end
-local target = ARGV[4] or ''
-local head, hold, handed = nil, ARGV[3], false
+local key, waiters, flag, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local MEMBER = '^([^|]*)|%d+%-(%d+)(t?)|(.*)$'
+local queued
+local leaving = ARGV[5] or ''
+if leaving ~= '' then
+  if redis.call('ZREM', waiters, leaving) == 1 then return 0 end  -- nothing was handed
+  local _, _, t, value = string.match(leaving, MEMBER)
+  if not value then return 0 end
+  local current = redis.call('GET', key)
+  local prefix = string.sub(value, 1, -2) .. ',"token":'
+  if not current or (current ~= value and
+                     (t ~= 't' or string.sub(current, 1, #prefix) ~= prefix)) then
+    return 0
+  end
+  queued = redis.call('EXISTS', flag) == 1  -- handed to us as we gave up: pass it on
+else
+  local got = redis.call('MGET', key, flag)
+  if got[1] ~= ARGV[1] then return 0 end
+  queued = got[2]
+end
+local target = ARGV[3] or ''
+local stored, handed = nil, false
 
-local function wake(member)  -- receivers of the wake-up: 0 if the waiter is gone
-  local listener = string.match(member, '^([^|]*)|')
-  if not listener then return 0 end
-  return redis.call('PUBLISH', ARGV[2] .. '|' .. listener, member)
+-- Make `member` the holder if it still listens: the value it now holds, or nil.
+local function hand(member)
+  local listener, px, t, value = string.match(member, MEMBER)
+  if not listener then return nil end  -- not a waiter's entry: dropped
+  local token = next_token(fence)
+  if type(token) ~= 'string' then return false end  -- no token left: nobody gets it
+  if redis.call('PUBLISH', ARGV[2] .. '|' .. listener, token .. ' ' .. member) == 0 then
+    return nil
+  end
+  local value_now = stored_value(value, t == 't', token)
+  redis.call('SET', key, value_now, 'PX', px)
+  return value_now
 end
 
-if got[2] then
+if queued then
   if target ~= '' and redis.call('ZSCORE', waiters, target) then
     redis.call('ZREM', waiters, target)
-    if wake(target) > 0 then head, hold, handed = target, ARGV[5], true end
+    stored = hand(target)
+    handed = stored and true
   end
   for _ = 1, 16 do
-    if head then break end
+    if stored ~= nil then break end
     local first = redis.call('ZPOPMIN', waiters)
     if not first[1] then
       redis.call('DEL', flag)  -- nobody waits any more
       break
     end
-    if wake(first[1]) > 0 then head = first[1] end
+    stored = hand(first[1])
   end
 end
-if head then
-  redis.call('SET', key, '\0handover\0' .. head, 'PX', hold)
-else
-  redis.call('DEL', key)
-end
-if ARGV[6] and ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '') end
+if not stored then redis.call('DEL', key) end
+if ARGV[4] and ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], stored or '') end
 if handed then return 2 end
 return 1
