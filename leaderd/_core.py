@@ -71,6 +71,7 @@ class AcquireResult:
     value: str | None = None  # the value now stored (ours when acquired)
     holder: str | None = None  # the other holder's value when not acquired
     ttl: float | None = None  # seconds left on the other holder's lease (-1: no expiry)
+    handed_at: float | None = None  # monotonic arrival of the hand-over message, if one
 
 
 #: Called after every acquire attempt of `lock()` with its result or its Redis error.
@@ -404,8 +405,8 @@ class LockBase:
     """State shared by sync and async lock objects; no I/O here."""
 
     __slots__ = (
-        "_client", "acquired_at", "announce", "expiration", "fencing_token", "key",
-        "valid_until", "value",
+        "_client", "acquired_at", "announce", "began_at", "expiration", "fencing_token",
+        "key", "valid_until", "value",
     )  # fmt: skip
 
     def __init__(
@@ -417,6 +418,7 @@ class LockBase:
         token: int,
         started: float,
         announce: bool = False,
+        began: float | None = None,
     ) -> None:
         self._client = client  #: the LockClient or AsyncLockClient that acquired it
         self.announce = announce  #: an election's lock: its release is announced
@@ -424,7 +426,11 @@ class LockBase:
         self.value = value  #: the exact value stored in Redis for this lock
         self.expiration = expiration  #: lease length in seconds, reused by refresh
         self.fencing_token = token  #: strictly larger for every new acquisition of `key`
-        self.acquired_at = started  #: monotonic start of the request that acquired it
+        #: monotonic time from which the lease is counted: the start of the request that
+        #: acquired it (a hand-over: of the attempt that queued it, which came earlier)
+        self.acquired_at = started
+        #: monotonic time the caller learnt it holds the lock (a hand-over: the message)
+        self.began_at = started if began is None else began
         #: monotonic time until which the lease is certainly ours: measured from the
         #: *start* of the last successful acquire/refresh request, never its end.
         self.valid_until = started + expiration
@@ -542,7 +548,7 @@ def lock_flow(
             and time.monotonic() - queued_since < handover.lease / 2
         ):
             value = stored_value(handover.value, handover.embed, token)
-            result = AcquireResult(True, token=token, value=value)
+            result = AcquireResult(True, token=token, value=value, handed_at=time.monotonic())
             if on_attempt is not None:
                 on_attempt(result, None)
             return result, queued_since

@@ -167,7 +167,9 @@ class AsyncLockClient:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
                     queued = False  # the winning attempt (or the hand-over) left the queue
-                    return AsyncLock(self, key, stored, expiration, token, started, embed_token)
+                    return AsyncLock(
+                        self, key, stored, expiration, token, started, embed_token, result.handed_at
+                    )
                 if isinstance(step, _core.Attempt):
                     queue = step.wait_ms > 0 and self.subscription.listening(channel)
                     if queue:

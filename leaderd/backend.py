@@ -45,11 +45,14 @@ class Holder:
 @dataclass
 class Lease:
     """A won lease: its fencing token, the elector-clock time at which the proof that
-    won it *started*, and whatever the backend needs to renew or release it."""
+    won it *started*, and whatever the backend needs to renew or release it.
+    `began`: when the candidate learnt it won, if later than `started` (a hand-over
+    message: the lease is counted from the earlier attempt that queued it)."""
 
     token: int
     started: float
     handle: Any = None
+    began: float | None = None
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ class Term:
     started_at: float
     deadline: float
     lease_expires_at: float
+    #: when this candidate began to lead (reported as the term's start); `started_at`
+    #: is the start of the proof its validity is counted from, which may be earlier
+    began_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.began_at = max(self.began_at, self.started_at)
 
     def valid(self, now: float) -> bool:
         return now < self.deadline
@@ -318,7 +324,7 @@ class Elector:
             "leader_address": address,
             "fencing_token": term.fencing_token if term is not None and leading else None,
             "term_started_at": (
-                round(wall - (now - term.started_at), 3) if term is not None and leading else None
+                round(wall - (now - term.began_at), 3) if term is not None and leading else None
             ),
             "valid_until": (
                 round(wall + (term.deadline - now), 3) if term is not None and leading else None
@@ -375,6 +381,7 @@ class Elector:
                 started_at=lease.started,
                 deadline=lease.started + self.renew_deadline,
                 lease_expires_at=lease.started + self.ttl,
+                began_at=lease.began or lease.started,
             )
             if term.valid(self.clock.now()) and self.eligible:
                 return lease, term

@@ -255,7 +255,9 @@ class LockClient:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
                     queued = ""  # the winning attempt (or the hand-over) left the queue
-                    return Lock(self, key, stored, expiration, token, started, embed_token)
+                    return Lock(
+                        self, key, stored, expiration, token, started, embed_token, result.handed_at
+                    )
                 if isinstance(step, _core.Attempt):
                     member = ""
                     if waiter is not None and step.wait_ms:

@@ -103,7 +103,7 @@ class LogObserver(ElectionObserver):
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:
         self.follower_since = time.monotonic()
-        led_for = round(self.elector.clock.now() - term.started_at, 3)
+        led_for = round(self.elector.clock.now() - term.began_at, 3)
         level = self.log.warning if reason in LOSS_REASONS else self.log.info
         level("stepped_down", reason=reason, token=term.fencing_token, led_for_s=led_for)
 

@@ -129,8 +129,9 @@ class RedisBackend:
             embed_token=True, on_attempt=attempted, priority=candidate.priority,
         )  # fmt: skip
         # The lock library measures on time.monotonic; the elector may run on another clock.
-        started = self.clock.now() - (time.monotonic() - lock.acquired_at)
-        return Lease(lock.fencing_token, started, lock)
+        now, mono = self.clock.now(), time.monotonic()
+        return Lease(lock.fencing_token, now - (mono - lock.acquired_at), lock,
+                     now - (mono - lock.began_at))  # fmt: skip
 
     async def renew(self, lease: Lease, timeout: float) -> None:
         lock: AsyncLock = lease.handle

@@ -302,14 +302,27 @@ async def test_one_leader_among_three_and_everyone_learns_who(
     # check that exactly one is running.
     await until(lambda: sum(lead.running for lead in leads) >= 1)
     assert sum(lead.running for lead in leads) == 1 and leads[electors.index(leader)].running
-    # Cancelling the leader releases at once; the longest waiter takes over.
+    # Cancelling the leader releases at once; the longest waiter takes over. Its lease
+    # is counted from the start of the request that proved it (for a hand-over, the
+    # attempt that queued it); its term is reported from when it learnt it leads.
     tasks[electors.index(leader)].cancel()
     await until(lambda: sum(e.is_leader() for e in electors) == 1, 2)
+    successor = next(e for e in electors if e.is_leader())
+    await until(lambda: leads[electors.index(successor)].terms)
+    term = leads[electors.index(successor)].terms[-1]
+    assert term.started_at <= term.began_at
+    reported = successor.status()["term_started_at"]
+    assert abs(reported - wall_time_of(term.began_at, successor)) < 0.01
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients:
         await c.aclose()
+
+
+def wall_time_of(monotonic: float, elector: Elector) -> float:
+    """The wall-clock time of a monotonic instant of the elector's clock."""
+    return elector.clock.wall() - (elector.clock.now() - monotonic)
 
 
 class Broken(ElectionObserver):

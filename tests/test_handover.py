@@ -65,6 +65,7 @@ async def test_the_woken_waiter_sends_nothing_and_holds_the_lock_at_once(
     assert lock.fencing_token > holder.fencing_token
     # Its lease is counted from before the release, never from the message.
     assert lock.acquired_at < released and lock.is_valid()
+    assert lock.began_at > released  # when it learnt it holds the lock
     await lock.refresh()
     await lock.unlock()
     assert r.exists("jobs") == 0
