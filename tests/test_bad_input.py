@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from devtools.devserver import RedisServer
+from leaderd import LockClient, _core
 from leaderd._core import queued_value
 
 from .daemons import Daemon, leaderd_cmd, poll
@@ -188,6 +189,22 @@ def test_the_documented_acl_is_enough(
     limited = redis.Redis.from_url(url, password="acl-Pass-1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.get("some-other-key")
+    # The library's rarer paths under the same ACL: a hand-over to a waiter that gives
+    # up at that moment and passes the lock on.
+    key = "leaderd:{acl}"
+    holder = LockClient(limited).try_lock(key, expiration=30)
+    listening = limited.pubsub()
+    listening.subscribe(_core.waiter_channel(key, "L1"))
+    poll(lambda: listening.get_message(timeout=0.1), 5)
+    member = _core.queue_member("L1", 1, 30000, False, "quitter")
+    limited.zadd("leaderd:{acl}:waiters", {member: 1})
+    limited.set("leaderd:{acl}:waiting", "1")
+    holder.unlock()
+    assert limited.get(key) == b"quitter"
+    keys, args = _core.release_args(key, "", leaving=member)
+    assert limited.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 1
+    assert limited.get(key) is None
+    listening.close()
 
 
 def test_the_documented_per_election_acl_is_enough_and_confined(

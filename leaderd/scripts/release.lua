@@ -31,7 +31,7 @@ if leaving ~= '' then
                      (t ~= 't' or string.sub(current, 1, #prefix) ~= prefix)) then
     return 0
   end
-  queued = redis.call('EXISTS', flag) == 1  -- handed to us as we gave up: pass it on
+  queued = redis.call('GET', flag)  -- handed to us as we gave up: pass it on
 else
   local got = redis.call('MGET', key, flag)
   if got[1] ~= ARGV[1] then return 0 end
