@@ -67,3 +67,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def listening_waiter(r: redis.Redis, key: str, listener: str = "L1") -> Any:
+    """A pub/sub connection subscribed (confirmed) to `listener`'s wake-up channel for
+    `key`: a waiter that is alive but will not act, so hand-overs to it stay visible."""
+    from leaderd import _core
+
+    listening = r.pubsub()
+    listening.subscribe(_core.waiter_channel(key, listener))
+    wait_for(lambda: listening.get_message(timeout=0.1))
+    return listening

@@ -21,7 +21,7 @@ from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
 from leaderd._core import AcquireResult, Attempt, Handover, Listen, RetryPlan, Sleep
 
-from .conftest import wait_for
+from .conftest import listening_waiter, wait_for
 
 
 @pytest.fixture
@@ -76,9 +76,7 @@ def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
     # First in the queue: a live listener that gives up just as the lock reaches it.
-    listening = r.pubsub()
-    listening.subscribe(_core.waiter_channel("jobs", "L1"))
-    wait_for(lambda: listening.get_message(timeout=0.1))
+    listening = listening_waiter(r, "jobs")
     quitter = _core.queue_member("L1", 1, 30000, False, "quitter")
     r.zadd("{jobs}:waiters", {quitter: 1})
     r.set("{jobs}:waiting", "1")

@@ -25,7 +25,7 @@ from leaderd import (
 )
 from leaderd._core import fence_key
 
-from .conftest import wait_for
+from .conftest import listening_waiter, wait_for
 
 
 @pytest.fixture
@@ -389,9 +389,7 @@ def test_a_release_makes_the_first_live_waiter_the_holder(
     holder = client.try_lock("jobs", expiration=30)
     # Live waiters that are queued and listening but will not act, so the hand-over is
     # observable however slow this machine is: the release itself writes their value.
-    listening = r.pubsub()
-    listening.subscribe(_core.waiter_channel("jobs", "L1"))
-    wait_for(lambda: listening.get_message(timeout=0.1))
+    listening = listening_waiter(r, "jobs")
     plain = _core.queue_member("L1", 1, 5000, False, "queued")
     embedded = _core.queue_member("L1", 2, 7000, True, '{"id":"b"}')
     r.zadd("{jobs}:waiters", {plain: 1, embedded: 2})
