@@ -35,7 +35,7 @@ test: $(STAMP) lint
 # The library and elector tests against each redis-py that matters: the oldest we
 # support, the last 7.x, and the newest 8.x (each in its own .venv-redis-<version>).
 COMPAT_REDIS ?= 5.3.1 7.4.1 8
-COMPAT_TESTS := tests/test_lock.py tests/test_async_lock.py tests/test_elector.py \
+COMPAT_TESTS := tests/test_lock.py tests/test_async_lock.py tests/test_handover.py tests/test_elector.py \
 	tests/test_urls.py tests/test_redispy_api.py tests/test_replication.py
 test-compat:
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
