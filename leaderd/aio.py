@@ -377,7 +377,9 @@ class SharedSubscription:
                         for future in waiting:
                             if not future.done():
                                 future.set_result(token)
-                    elif len(self.pending) < 10_000:
+                    else:  # kept for a wait that starts a moment later; bounded, oldest out
+                        if len(self.pending) >= 10_000:
+                            del self.pending[next(iter(self.pending))]
                         self.pending[(channel, message)] = token
         except Exception:
             pass  # the callers fall back to sleeping, and subscribe again later

@@ -349,7 +349,8 @@ class _Waiter:
                 msg = self.pubsub.get_message(timeout=max(0.0, left))
                 if msg is not None and msg.get("type") in ("message", b"message"):
                     data = msg.get("data")
-                    wake = _core.parse_wake(data.decode() if isinstance(data, bytes) else data)
+                    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+                    wake = _core.parse_wake(text)
                     if wake is not None and member and wake[1] == member:
                         return wake[0]
                 elif left <= 0:

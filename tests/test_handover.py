@@ -121,6 +121,9 @@ async def test_a_message_for_an_earlier_call_is_not_taken_for_this_one(
     # gave up as it was handed the lock, and passed it on): not ours.
     stale = _core.queue_member(listener, call - 1, 5000, False, value)
     r.publish(_core.waiter_channel("jobs", listener), f"999 {stale}")
+    # Nor is anything else someone may publish there (not even invalid UTF-8).
+    r.publish(_core.waiter_channel("jobs", listener), b"12 \xff\xfe|" + member)
+    r.publish(_core.waiter_channel("jobs", listener), "not a hand-over")
     holder.unlock()
     lock = await asyncio.wait_for(waiting, 5)
     assert lock.fencing_token == int(r.get(_core.fence_key("jobs")) or 0) != 999
