@@ -296,6 +296,8 @@ class SharedSubscription:
         self.waiters: dict[tuple[str, str | None], set[asyncio.Future[int | None]]] = {}
         #: messages nobody waited for yet (key as in `waiters`) -> their token
         self.pending: dict[tuple[str, str], int | None] = {}
+        #: channels whose every message is queued, in order, for a reader (`feed`)
+        self.feeds: dict[str, set[asyncio.Queue[str]]] = {}
         self._sends: set[asyncio.Future[Any]] = set()
 
     def alive(self) -> bool:
@@ -329,7 +331,7 @@ class SharedSubscription:
             confirmed = self.confirmed[channel] = asyncio.get_running_loop().create_future()
             self._send(self._subscribe(channel, confirmed))
             if len(self.confirmed) > self.MAX_CHANNELS:
-                busy = {c for c, _ in self.waiters}
+                busy = {c for c, _ in self.waiters} | set(self.feeds)
                 idle = next((c for c in self.confirmed if c not in busy and c != channel), None)
                 if idle is not None:
                     del self.confirmed[idle]
@@ -366,6 +368,11 @@ class SharedSubscription:
                     confirmed = self.confirmed.get(channel)
                     if confirmed is not None and not confirmed.done():
                         confirmed.set_result(True)
+                elif kind == "message" and channel in self.feeds:
+                    for queue in self.feeds[channel]:
+                        if queue.full():  # a reader that fell behind loses the oldest
+                            queue.get_nowait()
+                        queue.put_nowait(_text(msg.get("data")))
                 elif kind == "message":
                     data = _text(msg.get("data"))
                     wake = _core.parse_wake(data)
@@ -400,6 +407,20 @@ class SharedSubscription:
         (as `wait`); its token, or None."""
         _, token = await self._wait(channel, seconds, member)
         return token
+
+    def feed(self, channel: str) -> asyncio.Queue[str]:
+        """Every message on `channel` from now on, in order (at most the newest 64 kept
+        for a slow reader), until `unfeed`; subscribe with `listen` as usual."""
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self.feeds.setdefault(channel, set()).add(queue)
+        return queue
+
+    def unfeed(self, channel: str, queue: asyncio.Queue[str]) -> None:
+        queues = self.feeds.get(channel)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self.feeds[channel]
 
     def forget(self, channel: str, member: str) -> None:
         """Drop a message for `member` that nobody will wait for any more."""

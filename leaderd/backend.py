@@ -57,7 +57,9 @@ class Lease:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One acquire attempt, for observers: `acquired`, `held` (by `holder`) or `error`."""
+    """One acquire attempt, for observers: `acquired`, `held` (by `holder`) or `error`;
+    or `announced`: not an attempt, a new term of `holder` the backend heard of while
+    waiting (newer than the holder seen last, or ignored)."""
 
     outcome: str
     holder: Holder | None = None

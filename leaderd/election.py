@@ -632,8 +632,14 @@ class Elector:
 
     # -- state changes -------------------------------------------------------------------
     def _attempted(self, attempt: Attempt) -> None:
+        if attempt.outcome == "announced":  # news of a new term, not an attempt
+            holder, seen = attempt.holder, self._holder
+            if holder is not None and not _older(holder, seen) and holder != seen:
+                self._holder = holder
+                self._observe_leader(holder.identity, holder.address)
+            return
         self._last_progress = self.clock.now()
-        if attempt.outcome == "held":
+        if attempt.outcome == "held" and not _older(attempt.holder, self._holder):
             holder = self._holder = attempt.holder
             self._observe_leader(
                 holder.identity if holder else None, holder.address if holder else None
@@ -712,3 +718,15 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
     await asyncio.wait({task})
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _older(holder: Holder | None, seen: Holder | None) -> bool:
+    """True if `holder` is of an earlier term than `seen` (both with tokens): news that
+    arrived late, e.g. an attempt's reply after the next term's announcement."""
+    return (
+        holder is not None
+        and seen is not None
+        and holder.token is not None
+        and seen.token is not None
+        and holder.token < seen.token
+    )

@@ -124,14 +124,37 @@ class RedisBackend:
                 holder = None if result.holder is None else parse_holder(result.holder)
                 on_attempt(Attempt("held", holder))
 
-        lock = await self.client.lock(
-            self.key, value=value, expiration=ttl, timeout=timeout, retry=retry,
-            embed_token=True, on_attempt=attempted, priority=candidate.priority,
-        )  # fmt: skip
+        announced = asyncio.ensure_future(self._announced(candidate.identity, on_attempt))
+        try:
+            lock = await self.client.lock(
+                self.key, value=value, expiration=ttl, timeout=timeout, retry=retry,
+                embed_token=True, on_attempt=attempted, priority=candidate.priority,
+            )  # fmt: skip
+        finally:
+            announced.cancel()
+            await asyncio.wait({announced})
         # The lock library measures on time.monotonic; the elector may run on another clock.
         now, mono = self.clock.now(), time.monotonic()
         return Lease(lock.fencing_token, now - (mono - lock.acquired_at), lock,
                      now - (mono - lock.began_at))  # fmt: skip
+
+    async def _announced(self, identity: str, on_attempt: Callable[[Attempt], None]) -> None:
+        """While waiting, report each new term announced on the election's terms channel
+        (`announced`), so a follower knows the new leader at once, not at its next
+        attempt. Best effort: without pub/sub, attempts alone tell."""
+        subscription = self.client.subscription
+        channel = _core.terms_channel(self.key)
+        queue = subscription.feed(channel)
+        try:
+            with contextlib.suppress(*self.transient):
+                await subscription.listen(channel, 2.0)
+            while True:
+                data = await queue.get()
+                holder = parse_holder(data) if data else None  # '': released to nobody
+                if holder is not None and holder.token and holder.identity != identity:
+                    on_attempt(Attempt("announced", holder))
+        finally:
+            subscription.unfeed(channel, queue)
 
     async def renew(self, lease: Lease, timeout: float) -> None:
         lock: AsyncLock = lease.handle

@@ -325,6 +325,44 @@ def wall_time_of(monotonic: float, elector: Elector) -> float:
     return elector.clock.wall() - (elector.clock.now() - monotonic)
 
 
+async def test_a_follower_learns_a_new_leader_at_once_not_at_its_next_attempt(
+    redis_server: RedisServer,
+) -> None:
+    clients = [redis.asyncio.Redis.from_url(redis_server.url) for _ in range(3)]
+    lock_clients = [AsyncLockClient(c) for c in clients]
+    # Followers attempt only every 30 s and the lease is 60 s: only the announcement of
+    # the new term can tell the third candidate in time.
+    electors = [Elector(lc, "jobs", f"c{i}", ttl=60.0, retry=FixedIntervalStrategy(30, None))
+                for i, lc in enumerate(lock_clients)]  # fmt: skip
+    seen: dict[str, list[str | None]] = {e.identity: [] for e in electors}
+    tasks = [asyncio.create_task(e.run(Leading(), on_new_leader=seen[e.identity].append))
+             for e in electors]  # fmt: skip
+    await until(lambda: sum(e.is_leader() for e in electors) == 1)
+    leader = next(e for e in electors if e.is_leader())
+    await until(lambda: all(s and s[-1] == leader.identity for s in seen.values()), 5)
+    # both followers queued, so neither makes another attempt for 30 s
+    for _ in range(1000):  # 5 s
+        if await clients[0].zcard("leaderd:{jobs}:waiters") == 2:
+            break
+        await asyncio.sleep(0.005)
+    else:
+        raise AssertionError("the followers did not queue")
+    tasks[electors.index(leader)].cancel()  # releases: the first waiter takes over
+    await until(lambda: not leader.is_leader() and sum(e.is_leader() for e in electors) == 1, 2)
+    successor = next(e for e in electors if e.is_leader())
+    third = next(e for e in electors if e is not leader and e is not successor)
+    await until(lambda: third.status()["leader"] == successor.identity, 2)
+    assert seen[third.identity][-1] == successor.identity
+    assert not third.is_leader()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for lc in lock_clients:
+        await lc.aclose()
+    for c in clients:
+        await c.aclose()
+
+
 class Broken(ElectionObserver):
     """An output with a bug: every hook raises."""
 
