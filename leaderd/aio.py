@@ -45,7 +45,11 @@ class AsyncLockClient:
         self._background: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
-        """Close the pub/sub connection this client keeps (the redis client stays open)."""
+        """Let pending queue departures of abandoned `lock()` calls finish (at most 1 s),
+        then close the pub/sub connection this client keeps (the redis client stays
+        open)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=1.0)
         await self.subscription.close()
 
     # -- I/O -------------------------------------------------------------------------

@@ -111,8 +111,10 @@ async def _start(
     hub = WatchHub() if out.http_host is not None else None
     if hub is not None:
         observers.append(hub)
+    lock_client = AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack)
+    stack.push_async_callback(lock_client.aclose)  # before the client: a waiter leaves
     elector = Elector(
-        AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack), e.name, e.identity,
+        lock_client, e.name, e.identity,
         ttl=e.ttl, refresh_interval=e.refresh_interval, renew_deadline=e.renew_deadline,
         retry=e.retry, observers=observers, priority=e.priority, address=e.advertise,
         preempt=e.preempt, preempt_delay=e.preempt_delay,

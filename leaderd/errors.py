@@ -27,7 +27,7 @@ class FailedToPreemptLockError(LockError):
         self.holder = holder
         self.ttl = ttl
         ttl_text = f", expires in {ttl:.3f}s" if ttl is not None and ttl >= 0 else ""
-        who = f"held by {_shown(holder)}" if holder is not None else "reserved for a waiting client"
+        who = f"held by {_shown(holder)}" if holder is not None else "held by another client"
         super().__init__(f"lock {key!r} is {who}{ttl_text}")
 
 

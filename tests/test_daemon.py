@@ -117,6 +117,13 @@ def test_graceful_handover_is_fast_and_exits_zero(
     assert new.status()["fencing_token"] > old_token
     events = [e["event"] for e in leader.events()]
     assert "stepped_down" in events and events[-1] == "stopped"
+    # The other follower names the new leader at once (its next attempt is 10 s away),
+    # and when it stops it leaves the queue.
+    third = next(d for d in rest if d is not new)
+    poll(lambda: third.status()["leader"] == new.identity, 2)
+    third.signal(signal.SIGTERM)
+    assert third.wait() == 0
+    assert r.zcard("leaderd:{jobs}:waiters") == 0
 
 
 def test_crash_failover_within_ttl(redis_server: RedisServer, spawn: Callable[..., Daemon]) -> None:
