@@ -272,6 +272,11 @@ def _text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
+def _failed(future: asyncio.Future[Any]) -> bool:
+    """A finished future that was cancelled or raised."""
+    return future.cancelled() or future.exception() is not None
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark an abandoned call's outcome as seen, so asyncio does not log it."""
     if not task.cancelled():
@@ -303,6 +308,9 @@ class SharedSubscription:
         #: channels whose every message is queued, in order, for a reader (`feed`)
         self.feeds: dict[str, set[asyncio.Queue[str]]] = {}
         self._sends: set[asyncio.Future[Any]] = set()
+        #: the pub/sub connection being taken from the pool, once: redis-py's PubSub
+        #: takes one per concurrent first command, and all but the last would leak
+        self._connecting: asyncio.Future[Any] | None = None
 
     def alive(self) -> bool:
         return self.reader is not None and not self.reader.done()
@@ -323,13 +331,19 @@ class SharedSubscription:
         if self.listening(channel):
             self.confirmed[channel] = self.confirmed.pop(channel)  # most recently used
             return True
-        if self.pubsub is not None and self.reader is not None and self.reader.done():
-            await self.close()  # the connection broke: start again
+        connecting = self._connecting
+        if self.pubsub is not None and (
+            (self.reader is not None and self.reader.done())
+            or (connecting is not None and connecting.done() and _failed(connecting))
+        ):
+            await self.close()  # the connection broke, or never came: start again
         if self.pubsub is None:
             make_pubsub = getattr(self.client, "pubsub", None)
             if make_pubsub is None:  # redis.asyncio.RedisCluster has no pub/sub: poll
                 return False
             self.pubsub = make_pubsub(ignore_subscribe_messages=False)
+            self._connecting = asyncio.ensure_future(self.pubsub.connect())
+            self._connecting.add_done_callback(_retrieve)
         confirmed = self.confirmed.get(channel)
         if confirmed is None or (confirmed.done() and not confirmed.result()):
             confirmed = self.confirmed[channel] = asyncio.get_running_loop().create_future()
@@ -352,6 +366,8 @@ class SharedSubscription:
 
     async def _subscribe(self, channel: str, confirmed: asyncio.Future[bool]) -> None:
         try:
+            if self._connecting is not None:
+                await asyncio.shield(self._connecting)  # one connection for every channel
             await self.pubsub.subscribe(channel)
         except Exception:
             if not confirmed.done():
@@ -466,8 +482,10 @@ class SharedSubscription:
 
     async def close(self) -> None:
         """Stop reading and close the connection; the next listen() starts afresh."""
-        reader, pubsub = self.reader, self.pubsub
-        self.reader, self.pubsub = None, None
+        reader, pubsub, connecting = self.reader, self.pubsub, self._connecting
+        self.reader, self.pubsub, self._connecting = None, None, None
+        if connecting is not None:
+            connecting.cancel()
         self.confirmed, self.pending = {}, {}
         if reader is not None:
             reader.cancel()

@@ -207,3 +207,26 @@ async def test_one_subscription_serves_every_wait_and_keeps_a_bounded_set_of_cha
     assert len(aclient.subscription.confirmed) == 3
     clients = [c for c in r.client_list() if c.get("sub", "0") != "0"]
     assert len(clients) == 1  # one pub/sub connection for all of them
+
+
+async def test_many_first_subscriptions_at_once_take_one_pooled_connection(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    """redis-py's PubSub takes a pool connection per concurrent first command and keeps
+    only the last: with a bounded pool, thousands of electors starting together would
+    leak the pool dry. The shared subscription connects once."""
+    from leaderd.aio import SharedSubscription
+
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        redis_server.url, max_connections=3, timeout=2
+    )
+    client = redis.asyncio.Redis(connection_pool=pool)
+    subscription = SharedSubscription(client)
+    try:
+        assert all(await asyncio.gather(*(subscription.listen(f"ch{i}", 2.0) for i in range(50))))
+        assert len([c for c in r.client_list() if c.get("sub", "0") != "0"]) == 1
+        # two of the three connections are still free for commands
+        assert await asyncio.wait_for(asyncio.gather(client.ping(), client.ping()), 1.5)
+    finally:
+        await subscription.close()
+        await client.aclose()
