@@ -161,6 +161,7 @@ class AsyncLockClient:
         handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
         flow = _core.lock_flow(plan, on_attempt, self.subscription.listening(channel), handover)
         member = _core.queue_member(self.listener, next(self._calls), px, embed_token, value)
+        listened = self.subscription.listening(channel)  # this call waits on pub/sub
         sent: Any = None
         queued = False  # whether an attempt queued us
         try:
@@ -187,8 +188,11 @@ class AsyncLockClient:
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
-                    sent = await self.subscription.listen(channel, timeout)
+                    sent = listened = await self.subscription.listen(channel, timeout)
                 else:  # woken by a hand-over to this call's queue entry, or at `until`
+                    if listened and not self.subscription.listening(channel):
+                        # the connection broke: listen again (the queue entry stays)
+                        await self.subscription.listen(channel, timeout)
                     sent = await self.subscription.handed(
                         channel, step.until - time.monotonic(), member)  # fmt: skip
         finally:
@@ -305,7 +309,9 @@ class SharedSubscription:
         self.waiters: dict[tuple[str, str | None], set[asyncio.Future[int | None]]] = {}
         #: messages nobody waited for yet (key as in `waiters`) -> their token
         self.pending: dict[tuple[str, str], int | None] = {}
-        #: channels whose every message is queued, in order, for a reader (`feed`)
+        #: channels whose every message is queued, in order, for its readers (`feed`);
+        #: a channel stays here with no reader (its messages then go nowhere, never
+        #: into `pending`) until it is unsubscribed
         self.feeds: dict[str, set[asyncio.Queue[str]]] = {}
         self._sends: set[asyncio.Future[Any]] = set()
         #: the pub/sub connection being taken from the pool, once: redis-py's PubSub
@@ -349,10 +355,11 @@ class SharedSubscription:
             confirmed = self.confirmed[channel] = asyncio.get_running_loop().create_future()
             self._send(self._subscribe(channel, confirmed))
             if len(self.confirmed) > self.MAX_CHANNELS:
-                busy = {c for c, _ in self.waiters} | set(self.feeds)
+                busy = {c for c, _ in self.waiters} | {c for c, q in self.feeds.items() if q}
                 idle = next((c for c in self.confirmed if c not in busy and c != channel), None)
                 if idle is not None:
                     del self.confirmed[idle]
+                    self.feeds.pop(idle, None)
                     self._send(self.pubsub.unsubscribe(idle))
         await asyncio.wait({confirmed}, timeout=timeout or 1.0)
         return self.listening(channel)
@@ -436,11 +443,7 @@ class SharedSubscription:
         return queue
 
     def unfeed(self, channel: str, queue: asyncio.Queue[str]) -> None:
-        queues = self.feeds.get(channel)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self.feeds[channel]
+        self.feeds.get(channel, set()).discard(queue)
 
     def forget(self, channel: str, member: str) -> None:
         """Drop a message for `member` that nobody will wait for any more."""

@@ -84,8 +84,12 @@ class LockClient:
         for listener in listeners:
             listener.close()
 
-    def _listener(self, key: str, timeout: float | None, create: bool) -> _Waiter | None:
-        """This thread's live subscription for `key`'s hand-overs (made if `create`)."""
+    def _listener(
+        self, key: str, timeout: float | None, create: bool, listener_id: str | None = None
+    ) -> _Waiter | None:
+        """This thread's live subscription for `key`'s hand-overs (made if `create`,
+        under `listener_id` if given: a broken one resumes, its queue entries stay
+        valid)."""
         mine: OrderedDict[str, _Waiter] | None = getattr(self._local, "listeners", None)
         if mine is None or getattr(self._local, "pid", None) != os.getpid():
             mine = self._local.listeners = OrderedDict()
@@ -99,7 +103,7 @@ class LockClient:
             del mine[key]
         if not create:
             return None
-        listener = _Waiter(self.redis, key, timeout)
+        listener = _Waiter(self.redis, key, timeout, listener_id)
         if not listener.subscribed:
             return None
         mine[key] = listener
@@ -242,6 +246,7 @@ class LockClient:
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         waiter = self._listener(key, timeout, create=False)
+        listener = waiter.listener if waiter is not None else None  # once we listen
         handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
         flow = _core.lock_flow(plan, on_attempt, waiter is not None, handover)
         call = next(_CALLS)  # tells this call's hand-over messages from a late earlier one
@@ -271,7 +276,12 @@ class LockClient:
                 elif isinstance(step, _core.Listen):
                     waiter = self._listener(key, timeout, create=True)
                     sent = waiter is not None
+                    listener = waiter.listener if waiter is not None else None
                 else:
+                    if listener is not None and (waiter is None or not waiter.subscribed):
+                        # the connection broke: listen again under the same id, so the
+                        # queue entry stays valid
+                        waiter = self._listener(key, timeout, create=True, listener_id=listener)
                     sent = self._wait(step.until, waiter, queued)
         finally:
             if queued:  # gave up (or was interrupted) while queued: leave the queue
@@ -321,8 +331,10 @@ class _Waiter:
     """One thread's subscription to the hand-overs of one key, kept between `lock()`
     calls; queue entries carry its `listener` id, the release script wakes it."""
 
-    def __init__(self, client: redis.Redis, key: str, timeout: float | None) -> None:
-        self.listener = _core.new_listener_id()
+    def __init__(
+        self, client: redis.Redis, key: str, timeout: float | None, listener: str | None = None
+    ) -> None:
+        self.listener = listener or _core.new_listener_id()
         channels = [_core.waiter_channel(key, self.listener)]
         self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         self.subscribed = False
@@ -356,8 +368,7 @@ class _Waiter:
                 elif left <= 0:
                     return None
         except TRANSIENT:
-            self.subscribed = False
-            time.sleep(max(0.0, deadline - time.monotonic()))
+            self.subscribed = False  # the caller attempts now and listens again
             return None
 
     def close(self) -> None:

@@ -132,7 +132,7 @@ class RedisBackend:
             )  # fmt: skip
         finally:
             announced.cancel()
-            await asyncio.wait({announced})
+            await asyncio.wait({announced}, timeout=1.0)
         # The lock library measures on time.monotonic; the elector may run on another clock.
         now, mono = self.clock.now(), time.monotonic()
         return Lease(lock.fencing_token, now - (mono - lock.acquired_at), lock,
@@ -146,10 +146,20 @@ class RedisBackend:
         channel = _core.terms_channel(self.key)
         queue = subscription.feed(channel)
         try:
-            with contextlib.suppress(*self.transient):
-                await subscription.listen(channel, 2.0)
             while True:
-                data = await queue.get()
+                if not subscription.listening(channel):  # first, or after a reconnect
+                    with contextlib.suppress(*self.transient):
+                        await subscription.listen(channel, 2.0)
+                # asyncio.wait, not wait_for: 3.11's wait_for can swallow a cancellation
+                # that lands as the queue yields (our own term's announcement does)
+                getter = asyncio.ensure_future(queue.get())
+                try:
+                    await asyncio.wait({getter}, timeout=ANNOUNCED_RECHECK)
+                finally:
+                    getter.cancel()
+                if getter.cancelled() or not getter.done():
+                    continue
+                data = getter.result()
                 holder = parse_holder(data) if data else None  # '': released to nobody
                 if holder is not None and holder.token and holder.identity != identity:
                     on_attempt(Attempt("announced", holder))
@@ -202,6 +212,8 @@ class RedisBackend:
                                   priority=priority, timeout=timeout)  # fmt: skip
 
 
+#: How often a waiting follower checks that it still hears its election's new terms.
+ANNOUNCED_RECHECK = 5.0
 #: How often a subscribed leader re-reads the control key anyway: after a reconnect it
 #: re-reads at once, so this only backs up a message lost on a live connection.
 CONTROL_POLL = 10.0

@@ -24,23 +24,23 @@ def test_importing_the_library_loads_no_daemon_dependency() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_run_without_the_extra_says_what_to_install() -> None:
+def _without_the_daemon_extra(command: str) -> subprocess.CompletedProcess[str]:
+    """`leaderd <command>` against an unreachable Redis, structlog not importable."""
     code = (
         "import sys; sys.modules['structlog'] = None; from leaderd.cli import main; "
-        "sys.exit(main(['run', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
+        f"sys.exit(main(['{command}', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30)  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+
+
+def test_run_without_the_extra_says_what_to_install() -> None:
+    out = _without_the_daemon_extra("run")
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "pip install 'leaderd[daemon]'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_operator_commands_need_only_the_library() -> None:
-    code = (
-        "import sys; sys.modules['structlog'] = None; from leaderd.cli import main; "
-        "sys.exit(main(['resign', '--redis-url', 'redis://127.0.0.1:1', '--election', 'e']))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30)  # fmt: skip
+    out = _without_the_daemon_extra("resign")
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "cannot reach Redis at redis://127.0.0.1:1" in out.stderr

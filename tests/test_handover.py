@@ -192,3 +192,25 @@ def test_listen_is_not_a_hand_over(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(flow.send((AcquireResult(False, holder="o", ttl=9.0), None)), Listen)
     step = flow.send(True)
     assert isinstance(step, Attempt) and step.wait_ms > 0
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_a_waiter_whose_subscription_broke_listens_again_and_is_handed_the_lock(
+    sync: bool, client: LockClient, aclient: AsyncLockClient, r: redis.Redis
+) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    retry = FixedIntervalStrategy(30, 3)  # its own retries are far away
+    if sync:
+        waiting = asyncio.ensure_future(asyncio.to_thread(
+            client.lock, "jobs", value="v", expiration=5, retry=retry))  # fmt: skip
+    else:
+        waiting = asyncio.ensure_future(aclient.lock("jobs", value="v", expiration=5, retry=retry))
+    await asyncio.to_thread(wait_for, lambda: r.zcard("{jobs}:waiters") == 1)
+    channels = "leaderd:released:jobs|*"
+    await asyncio.to_thread(wait_for, lambda: r.pubsub_channels(channels))
+    r.client_kill_filter(_type="pubsub")  # e.g. a proxy or a network blip
+    await asyncio.to_thread(wait_for, lambda: r.pubsub_channels(channels))  # back
+    released = time.monotonic()
+    holder.unlock()
+    lock = await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - released < 1.0 and lock.value == "v"
