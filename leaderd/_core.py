@@ -34,6 +34,8 @@ DEFAULT_RETRY: RetryStrategy = FixedIntervalStrategy(0.1, max_retry=None)
 #: Errors a call meets when Redis does not answer; `lock()` and auto-refresh retry them.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
+#: A waiter that lost its subscription and cannot listen again attempts this often.
+RELISTEN_SECONDS = 1.0
 #: Channel prefix on which a release is announced; waiters subscribe to it.
 RELEASE_CHANNEL_PREFIX = "leaderd:released:"
 #: Suffix of the fencing-counter key that sits in the lock key's hash slot.

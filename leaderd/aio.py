@@ -190,11 +190,17 @@ class AsyncLockClient:
                 elif isinstance(step, _core.Listen):
                     sent = listened = await self.subscription.listen(channel, timeout)
                 else:  # woken by a hand-over to this call's queue entry, or at `until`
-                    if listened and not self.subscription.listening(channel):
-                        # the connection broke: listen again (the queue entry stays)
-                        await self.subscription.listen(channel, timeout)
+                    until = step.until
+                    # the connection broke: listen again (the queue entry stays); until
+                    # that works, attempt every second
+                    if (
+                        listened
+                        and not self.subscription.listening(channel)
+                        and not await self.subscription.listen(channel, timeout)
+                    ):
+                        until = min(until, time.monotonic() + _core.RELISTEN_SECONDS)
                     sent = await self.subscription.handed(
-                        channel, step.until - time.monotonic(), member)  # fmt: skip
+                        channel, until - time.monotonic(), member)  # fmt: skip
         finally:
             self.subscription.forget(channel, member)
             if queued:  # gave up, failed or was cancelled while queued: leave the queue
@@ -462,6 +468,15 @@ class SharedSubscription:
                 return True, None
         reader = self.reader
         if not self.listening(channel) or reader is None:
+            confirmed = self.confirmed.get(channel)
+            if confirmed is not None and not confirmed.done():
+                # still subscribing (a slow confirmation): listen as soon as it comes
+                loop = asyncio.get_running_loop()
+                until = loop.time() + max(0.0, seconds)
+                await asyncio.wait({confirmed}, timeout=max(0.0, seconds))
+                if self.listening(channel):
+                    return await self._wait(channel, until - loop.time(), message)
+                seconds = until - loop.time()
             await asyncio.sleep(max(0.0, seconds))
             return False, None
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()

@@ -105,6 +105,7 @@ class LockClient:
             return None
         listener = _Waiter(self.redis, key, timeout, listener_id)
         if not listener.subscribed:
+            listener.close()  # a subscription that may still come must not outlive this
             return None
         mine[key] = listener
         with self._mutex:
@@ -278,11 +279,14 @@ class LockClient:
                     sent = waiter is not None
                     listener = waiter.listener if waiter is not None else None
                 else:
+                    until = step.until
                     if listener is not None and (waiter is None or not waiter.subscribed):
                         # the connection broke: listen again under the same id, so the
-                        # queue entry stays valid
+                        # queue entry stays valid; until that works, attempt every second
                         waiter = self._listener(key, timeout, create=True, listener_id=listener)
-                    sent = self._wait(step.until, waiter, queued)
+                        if waiter is None:
+                            until = min(until, time.monotonic() + _core.RELISTEN_SECONDS)
+                    sent = self._wait(until, waiter, queued)
         finally:
             if queued:  # gave up (or was interrupted) while queued: leave the queue
                 with contextlib.suppress(Exception):
