@@ -201,7 +201,9 @@ def async_client(target: RedisTarget) -> redis.asyncio.Redis:
         from redis.asyncio.sentinel import Sentinel
 
         assert target.sentinel_master is not None
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # Typed through Any: redis-py's hints for Sentinel differ between majors.
+        sentinel_class: Any = Sentinel
+        sentinel = sentinel_class(
             target.sentinels, sentinel_kwargs={"socket_connect_timeout": target.connect_timeout}
         )
         client: redis.asyncio.Redis = sentinel.master_for(
@@ -221,10 +223,12 @@ def sync_client(target: RedisTarget) -> redis.Redis:
         from redis.sentinel import Sentinel
 
         assert target.sentinel_master is not None
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # Typed through Any: redis-py's hints for Sentinel differ between majors.
+        sentinel_class: Any = Sentinel
+        sentinel = sentinel_class(
             target.sentinels, sentinel_kwargs={"socket_connect_timeout": target.connect_timeout}
         )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(
             target.sentinel_master, redis_class=redis.Redis, **_sentinel_kwargs(options)
         )
         return client

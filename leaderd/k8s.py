@@ -40,16 +40,19 @@ def pod_namespace(env: dict[str, str] | None = None) -> str | None:
 def load_api() -> Any:
     """A CoreV1Api from in-cluster config, else from kubeconfig."""
     try:
-        from kubernetes import client, config
+        from kubernetes import client
+        from kubernetes import config as kube_config
     except ImportError as exc:
         raise KubeSetupError(
             "the kubernetes client is not installed: pip install 'leaderd[k8s]'"
         ) from exc
+    # Through Any: whether these are typed depends on the kubernetes client's release.
+    config: Any = kube_config
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            config.load_kube_config()
         except (config.ConfigException, OSError) as exc:
             raise KubeSetupError(f"no in-cluster config and no usable kubeconfig: {exc}") from exc
     return client.CoreV1Api()

@@ -340,7 +340,9 @@ class _Waiter:
     ) -> None:
         self.listener = listener or _core.new_listener_id()
         channels = [_core.waiter_channel(key, self.listener)]
-        self.pubsub = client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        # Through Any: redis-py 8.2 typed `pubsub()`, earlier majors did not.
+        untyped: Any = client
+        self.pubsub: redis.client.PubSub = untyped.pubsub(ignore_subscribe_messages=False)
         self.subscribed = False
         try:
             self.pubsub.subscribe(*channels)
