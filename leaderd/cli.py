@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -173,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "check":
             from .statusfile import check_status_file
 
+            if os.path.isdir(args.status_file):
+                raise ConfigError(
+                    f"--status-file {args.status_file[:200]!r} is a directory: give the file "
+                    "that `leaderd run --status-file` writes, e.g. /run/leaderd/status.json"
+                )
             ok, why = check_status_file(args.status_file)
             print(why)
             return 0 if ok else 1

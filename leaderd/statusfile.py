@@ -81,10 +81,11 @@ def check_status_file(path: str, now: float | None = None) -> tuple[bool, str]:
         return False, f"{path} does not exist"
     except OSError as exc:
         return False, f"{path} cannot be opened ({exc.strerror or exc})"
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # before fdopen, which refuses a directory
+        os.close(fd)
+        return False, f"{path} is not a regular file"
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return False, f"{path} is not a regular file"
         if st.st_uid != os.geteuid():
             return False, f"{path} belongs to uid {st.st_uid}, not to this user: not trusted"
         data = fh.read(MAX_STATUS_BYTES + 1)

@@ -93,3 +93,13 @@ def test_check_distrusts_links_huge_and_deep_files(tmp_path: Path) -> None:
     out = subprocess.run(leaderd_cmd("check", "--status-file", str(deep)), capture_output=True,
                          text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+def test_check_of_a_directory_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    out = subprocess.run(leaderd_cmd("check", "--status-file", str(tmp_path)),
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and "--status-file" in out.stderr
+    assert "is a directory" in out.stderr and out.stdout == ""
+    ok, why = check_status_file(str(tmp_path))  # the library call answers, never raises
+    assert not ok and "not a regular file" in why
