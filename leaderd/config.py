@@ -189,6 +189,13 @@ def _status_file(text: str) -> str | None:
     path = text.strip()
     if not path:
         return None
+    if os.path.isdir(path):
+        raise ValueError(
+            "is a directory: give the path of the file to write in it, e.g. "
+            f"{os.path.join(path, 'status.json')}"
+        )
+    if os.path.lexists(path) and not os.path.islink(path) and not os.path.isfile(path):
+        raise ValueError("exists and is not a regular file: give the path of a file")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"directory {directory} does not exist")

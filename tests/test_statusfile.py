@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from leaderd.config import ConfigError
 from leaderd.statusfile import check_status_file, write_status
 
 from .daemons import leaderd_cmd
@@ -103,3 +104,16 @@ def test_check_of_a_directory_is_one_line_naming_the_flag(tmp_path: Path) -> Non
     assert "is a directory" in out.stderr and out.stdout == ""
     ok, why = check_status_file(str(tmp_path))  # the library call answers, never raises
     assert not ok and "not a regular file" in why
+
+
+def test_run_refuses_a_directory_as_status_file_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        config(status_file=str(tmp_path))
+    out = subprocess.run(
+        leaderd_cmd("run", "--redis-url", "redis://127.0.0.1:1", "--election", "e",
+                    "--http-addr", "", "--status-file", str(tmp_path)),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("leaderd: error: --status-file (env LEADERD_STATUS_FILE)")
+    assert "is a directory" in out.stderr and "starting" not in out.stderr
