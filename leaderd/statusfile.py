@@ -1,8 +1,8 @@
 """The status file: the status JSON, replaced atomically (temp file, fsync, rename).
 
 It is written 0644 through the open descriptor (never chmod by path, which a symlink
-could redirect), only into a directory that other users cannot write (or that has
-the sticky bit), and `leaderd check` trusts only a file of its own user.
+could redirect), only into a directory that neither its group nor other users can write (or
+that has the sticky bit), and `leaderd check` trusts only a file of its own user.
 """
 
 from __future__ import annotations
@@ -25,16 +25,19 @@ MAX_STATUS_BYTES = 64 * 1024
 def unsafe_directory(path: str) -> str | None:
     """Why the directory of `path` is unsafe for the status file, or None if it is fine.
 
-    Other users must not be able to replace the file: a directory they can write is
-    refused unless it has the sticky bit (as /tmp has), where only owners may rename.
+    Other users must not be able to replace the file: a directory that its group or
+    everyone can write is refused unless it has the sticky bit (as /tmp has), where only
+    a file's owner may rename or delete it.
     """
     directory = os.path.dirname(os.path.abspath(path))
     st = os.stat(directory)
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not st.st_mode & stat.S_ISVTX:
+        who = "other users" if st.st_mode & stat.S_IWOTH else "its group"
         return (
-            f"directory {directory} is writable by other users (mode "
-            f"{stat.S_IMODE(st.st_mode):o}) without the sticky bit, so anyone could replace "
-            "the status file; use a private directory, or chmod o-w or +t it"
+            f"directory {directory} is writable by {who} (mode "
+            f"{stat.S_IMODE(st.st_mode):o}) without the sticky bit, so another user could "
+            f"replace the status file; use a private directory, or chmod g-w,o-w (or +t) it"
         )
     return None
 

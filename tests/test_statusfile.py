@@ -117,3 +117,22 @@ def test_run_refuses_a_directory_as_status_file_at_start(tmp_path: Path) -> None
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("leaderd: error: --status-file (env LEADERD_STATUS_FILE)")
     assert "is a directory" in out.stderr and "starting" not in out.stderr
+
+
+def test_a_group_writable_directory_is_refused_unless_sticky(tmp_path: Path) -> None:
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    group_dir.chmod(0o775)
+    with pytest.raises(ConfigError, match=r"writable by its group \(mode 775\) without the sticky"):
+        config(status_file=str(group_dir / "s.json"))
+    out = subprocess.run(
+        leaderd_cmd("run", "--redis-url", "redis://127.0.0.1:1", "--election", "e",
+                    "--http-addr", "", "--status-file", str(group_dir / "s.json")),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "chmod g-w,o-w" in out.stderr
+    group_dir.chmod(0o1775)  # sticky: only a file's owner may replace it
+    assert config(status_file=str(group_dir / "s.json")).outputs.status_file
+    group_dir.chmod(0o755)
+    assert config(status_file=str(group_dir / "s.json")).outputs.status_file
