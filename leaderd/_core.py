@@ -39,7 +39,17 @@ RELISTEN_SECONDS = 1.0
 #: Channel prefix on which a release is announced; waiters subscribe to it.
 RELEASE_CHANNEL_PREFIX = "leaderd:released:"
 #: Suffix of the fencing-counter key that sits in the lock key's hash slot.
-FENCE_SUFFIX = ":fence"
+FENCE_SUFFIX = "fence"
+#: The longest lease `lock()`/`try_lock()` accept (30 days), and the longest value (UTF-8
+#: bytes): a queue entry carries both, and the scripts drop entries beyond them.
+MAX_EXPIRATION = 30 * 24 * 3600.0
+MAX_VALUE_BYTES = 4096
+#: A release hands the lock to a waiter for at most this long (its claim); the waiter's
+#: confirming request extends it to its lease. A waiter that cannot act (killed with a
+#: pattern subscriber present, frozen, its event loop blocked) costs this, not a lease.
+HANDOVER_CLAIM = 0.5
+#: A pub/sub message longer than this is not one of ours: dropped unread, never kept.
+MAX_MESSAGE_BYTES = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +68,9 @@ class Script:
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-ACQUIRE = Script.load("acquire", "fence")
+ACQUIRE = Script.load("acquire", "fence", "queue")
 REFRESH = Script.load("refresh")
-RELEASE = Script.load("release", "fence")
+RELEASE = Script.load("release", "fence", "queue")
 CONTROL = Script.load("control")
 
 
@@ -73,7 +83,6 @@ class AcquireResult:
     value: str | None = None  # the value now stored (ours when acquired)
     holder: str | None = None  # the other holder's value when not acquired
     ttl: float | None = None  # seconds left on the other holder's lease (-1: no expiry)
-    handed_at: float | None = None  # monotonic arrival of the hand-over message, if one
 
 
 #: Called after every acquire attempt of `lock()` with its result or its Redis error.
@@ -96,31 +105,35 @@ def _hash_tag(key: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _slot_prefix(key: str) -> str:
-    """A prefix for helper keys that hash to the same Redis Cluster slot as `key`."""
+def _helper_key(key: str, suffix: str) -> str:
+    """The helper key `suffix` of lock `key`, in the same Redis Cluster hash slot, and
+    distinct for distinct locks: `a` and `{a}` share no helper key.
+
+    A key with a hash tag: `<key>:<suffix>` (keeps the tag). One without braces:
+    `{<key>}.<suffix>`, with a dot, which no `<tagged key>:<suffix>` ends in. One with
+    braces but no usable tag (e.g. "a}b{"): `{<tag>}:<key>.<suffix>` with a short tag of
+    the same slot, found by a deterministic search so every client derives the same.
+    """
     if _hash_tag(key) is not None:
-        return key  # a suffix keeps the key's own hash tag
+        return f"{key}:{suffix}"
     if "{" not in key and "}" not in key:
-        return "{" + key + "}"  # tag = the whole key = the same slot
-    # Braces but no usable tag (e.g. "a}b{"): find a short tag with the same slot.
-    # The search is deterministic, so every client derives the same keys.
+        return f"{{{key}}}.{suffix}"  # tag = the whole key = the same slot
     slot = key_slot(key.encode())
     for n in itertools.count():
         tag = f"f{n:x}"
         if key_slot(tag.encode()) == slot:
-            return "{" + tag + "}:" + key
+            return f"{{{tag}}}:{key}.{suffix}"
     raise AssertionError("unreachable")
 
 
 def fence_key(key: str) -> str:
     """The fencing-counter key, in the same Redis Cluster hash slot as `key`."""
-    return _slot_prefix(key) + FENCE_SUFFIX
+    return _helper_key(key, FENCE_SUFFIX)
 
 
 def helper_keys(key: str) -> list[str]:
     """The waiter queue (a zset) and the "someone is waiting" flag of `key`."""
-    prefix = _slot_prefix(key)
-    return [prefix + ":waiters", prefix + ":waiting"]
+    return [_helper_key(key, "waiters"), _helper_key(key, "waiting")]
 
 
 def queue_member(listener: str, call: int, px: int, embed: bool, value: str) -> str:
@@ -136,10 +149,18 @@ def queued_value(member: str) -> str:
     return member.split("|", 2)[-1]
 
 
+def ascii_digits(text: str, most: int = 19) -> bool:
+    """True for 1 to `most` ASCII digits ("²" and "٣" are digits to `str.isdigit`)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def parse_wake(data: str) -> tuple[int, str] | None:
-    """(token, member) of a hand-over message "<token> <member>"; None if it is not one."""
+    """(token, member) of a hand-over message "<token> <member>"; None if it is not
+    exactly one (bounded, ASCII digits). Only a hint: the waiter confirms with Redis."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return None
     token, _, member = data.partition(" ")
-    if not member or not token.isdigit() or len(token) > 19:
+    if not member or not ascii_digits(token):
         return None
     return int(token), member
 
@@ -165,7 +186,7 @@ def control_channel(key: str) -> str:
 
 def control_key(key: str) -> str:
     """The pending control request for the holder of `key`, in its hash slot."""
-    return _slot_prefix(key) + ":control"
+    return _helper_key(key, "control")
 
 
 def check_key(key: str) -> None:
@@ -179,10 +200,11 @@ def check_expiration(expiration: float) -> int:
         isinstance(expiration, bool)
         or not isinstance(expiration, int | float)
         or not math.isfinite(expiration)
-        or expiration < 0.001
+        or not 0.001 <= expiration <= MAX_EXPIRATION
     ):
         raise ValueError(
-            f"expiration must be a positive number of seconds (>= 0.001), got {expiration!r}"
+            f"expiration must be a number of seconds from 0.001 to {MAX_EXPIRATION:.0f} "
+            f"(30 days), got {expiration!r}"
         )
     return max(1, round(expiration * 1000))
 
@@ -200,6 +222,8 @@ def check_value(value: str | None, embed_token: bool) -> str:
         return new_value()
     if not isinstance(value, str) or not value:
         raise ValueError(f"lock value must be a non-empty string, got {value!r}")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+        raise ValueError(f"lock value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
     if embed_token and not (value.startswith("{") and value.endswith("}") and len(value) > 2):
         raise ValueError("a value with an embedded token must be a non-empty JSON object")
     return value
@@ -248,7 +272,7 @@ def release_args(
     passes the lock on if it was handed it meanwhile)."""
     keys = [key, *helper_keys(key), fence_key(key)]
     args = [value, release_channel(key), to or "", terms_channel(key) if announce else "",
-            leaving]  # fmt: skip
+            leaving, str(round(HANDOVER_CLAIM * 1000))]  # fmt: skip
     return keys, args
 
 
@@ -262,7 +286,7 @@ def parse_acquire(reply: object) -> AcquireResult:
     ok, a, b = reply
     if int(ok) == 1:
         token = _text(a)
-        if not token.isdigit() or len(token) > 19:
+        if not ascii_digits(token):
             raise LockError(f"the fencing counter holds {token[:40]!r}, not a token")
         return AcquireResult(True, token=int(token), value=_text(b))
     pttl = int(b)
@@ -496,42 +520,24 @@ LockStep = Attempt | Listen | Sleep
 AttemptOutcome = tuple[AcquireResult | None, Exception | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Handover:
-    """What a `lock()` call needs to take a lock a release handed to it: its value, the
-    embed flag and lease it was queued with; `confirm`: take it only after an attempt
-    has proved it (when replicas must acknowledge the write)."""
-
-    value: str
-    embed: bool
-    lease: float
-    confirm: bool = False
-
-
 def lock_flow(
-    plan: RetryPlan,
-    on_attempt: AttemptHook | None,
-    listening: bool = False,
-    handover: Handover | None = None,
+    plan: RetryPlan, on_attempt: AttemptHook | None, listening: bool = False
 ) -> Generator[LockStep, Any, tuple[AcquireResult, float]]:
     """The steps of `lock()`: returns the winning result and the monotonic time from
-    which its lease is certainly counted.
+    which its lease is certainly counted (the start of the attempt that won).
 
     `listening`: the caller's subscription for this key exists already (an earlier
-    `lock()` made it), so even its first attempt queues it. A `Sleep` is sent back the
-    token of a hand-over to this call (else None): the release made us the holder, at
-    a moment after our first queued attempt started, so the lease is counted from that
-    start; if half of it is gone already, an attempt confirms the lock instead (it
-    finds our value and extends it). Raises `MaxRetryError` (from `plan`) when the
+    `lock()` made it), so even its first attempt queues it. A `Sleep` ends early when a
+    release hands the lock to this call (it is sent back the message's token, else
+    None); either way the next step is an attempt. After a hand-over that attempt is
+    the confirmation: it finds our value (written by the release before it told us),
+    extends the claim to our lease and reads the token from Redis, so a forged or
+    stale message never makes a holder. Raises `MaxRetryError` (from `plan`) when the
     strategy gives up.
     """
-    queued_since: float | None = None  # start of the first attempt that could queue us
     while True:
         started = time.monotonic()
-        wait_ms = plan.wait_ms(started, listening)
-        if wait_ms and queued_since is None:
-            queued_since = started
-        outcome: AttemptOutcome = yield Attempt(wait_ms)
+        outcome: AttemptOutcome = yield Attempt(plan.wait_ms(started, listening))
         result, error = outcome
         if on_attempt is not None:
             on_attempt(result, error)
@@ -541,19 +547,7 @@ def lock_flow(
             listening = True
             if (yield Listen()):
                 continue  # a release may have slipped in before we listened
-        token = yield Sleep(plan.wake_at())
-        if (
-            token is not None
-            and handover is not None
-            and not handover.confirm
-            and queued_since is not None
-            and time.monotonic() - queued_since < handover.lease / 2
-        ):
-            value = stored_value(handover.value, handover.embed, token)
-            result = AcquireResult(True, token=token, value=value, handed_at=time.monotonic())
-            if on_attempt is not None:
-                on_attempt(result, None)
-            return result, queued_since
+        yield Sleep(plan.wake_at())
 
 
 def classify_attempt_error(exc: Exception) -> Exception:

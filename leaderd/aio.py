@@ -50,6 +50,8 @@ class AsyncLockClient:
         open)."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=1.0)
+        for task in list(self._background):  # departures Redis still did not answer:
+            task.cancel()  # closing the subscription below makes their entries unhandable
         await self.subscription.close()
 
     # -- I/O -------------------------------------------------------------------------
@@ -158,12 +160,12 @@ class AsyncLockClient:
         priority = _core.check_priority(priority)
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         channel = _core.waiter_channel(key, self.listener)
-        handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
-        flow = _core.lock_flow(plan, on_attempt, self.subscription.listening(channel), handover)
+        flow = _core.lock_flow(plan, on_attempt, self.subscription.listening(channel))
         member = _core.queue_member(self.listener, next(self._calls), px, embed_token, value)
         listened = self.subscription.listening(channel)  # this call waits on pub/sub
         sent: Any = None
         queued = False  # whether an attempt queued us
+        in_flight = False  # an attempt was sent and its reply not read (cancelled meanwhile)
         try:
             while True:
                 try:
@@ -172,14 +174,13 @@ class AsyncLockClient:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
                     queued = False  # the winning attempt (or the hand-over) left the queue
-                    return AsyncLock(
-                        self, key, stored, expiration, token, started, embed_token, result.handed_at
-                    )
+                    return AsyncLock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
                     queue = step.wait_ms > 0 and self.subscription.listening(channel)
                     if queue:
                         queued = True
                         self._queued[member] = (key, value)
+                    in_flight = True
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
                                                      step.wait_ms, priority,
@@ -187,6 +188,7 @@ class AsyncLockClient:
                         sent = (result, None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
+                    in_flight = False
                 elif isinstance(step, _core.Listen):
                     sent = listened = await self.subscription.listen(channel, timeout)
                 else:  # woken by a hand-over to this call's queue entry, or at `until`
@@ -203,8 +205,11 @@ class AsyncLockClient:
                         channel, until - time.monotonic(), member)  # fmt: skip
         finally:
             self.subscription.forget(channel, member)
-            if queued:  # gave up, failed or was cancelled while queued: leave the queue
-                self._in_background(self._leave(key, member, timeout))
+            # Gave up, failed or was cancelled while queued, or while an attempt's reply
+            # was on its way (it may have won): leave the queue, and pass on a lock that
+            # is ours (the leave script releases a key that holds our value).
+            if queued or in_flight:
+                self._in_background(self._depart(key, member, timeout))
             else:
                 self._queued.pop(member, None)
 
@@ -231,10 +236,28 @@ class AsyncLockClient:
 
     async def _leave(self, key: str, member: str, timeout: float | None) -> None:
         keys, args = _core.release_args(key, "", leaving=member)
-        try:
-            await self._eval(_core.RELEASE, keys, args, _core.check_timeout(timeout))
-        finally:
-            self._queued.pop(member, None)
+        await self._eval(_core.RELEASE, keys, args, _core.check_timeout(timeout))
+        self._queued.pop(member, None)
+
+    async def _depart(self, key: str, member: str, timeout: float | None) -> None:
+        """Leave the queue in the background, retried (0.1 s doubling to 2 s) until Redis
+        answers: a departure that failed would leave an entry a release could hand the
+        lock to. Until then the entry stays in `_queued`, and a hand-over to it costs at
+        most the claim; the departure that succeeds passes such a lock on."""
+        delay = 0.1
+        while True:
+            try:
+                await self._leave(key, member, timeout)
+                return
+            except (TimeoutError, redis.ConnectionError, redis.TimeoutError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+            except redis.ResponseError as exc:
+                if not _core.is_failover_error(exc):
+                    self._queued.pop(member, None)
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def get_holder(
         self, key: str, timeout: float | None = 1.0
@@ -282,6 +305,11 @@ def _text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
+def _oversized(data: object) -> bool:
+    """A message payload too long (or of a type) no leaderd message has."""
+    return not isinstance(data, str | bytes) or len(data) > _core.MAX_MESSAGE_BYTES
+
+
 def _failed(future: asyncio.Future[Any]) -> bool:
     """A finished future that was cancelled or raised."""
     return future.cancelled() or future.exception() is not None
@@ -303,6 +331,9 @@ class SharedSubscription:
     #: Channels kept subscribed; beyond this the least recently used idle one is dropped
     #: (a client that locks ever new keys must not subscribe without end).
     MAX_CHANNELS = 65536
+    #: Messages kept for a wait that starts a moment later (oldest out); each is at most
+    #: `_core.MAX_MESSAGE_BYTES`.
+    MAX_PENDING = 1024
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
@@ -401,15 +432,18 @@ class SharedSubscription:
                     confirmed = self.confirmed.get(channel)
                     if confirmed is not None and not confirmed.done():
                         confirmed.set_result(True)
+                elif kind == "message" and _oversized(msg.get("data")):
+                    continue  # not one of ours: dropped unread, never kept
                 elif kind == "message" and channel in self.feeds:
                     for queue in self.feeds[channel]:
                         if queue.full():  # a reader that fell behind loses the oldest
                             queue.get_nowait()
                         queue.put_nowait(_text(msg.get("data")))
                 elif kind == "message":
-                    data = _text(msg.get("data"))
-                    wake = _core.parse_wake(data)
-                    token, message = (None, data) if wake is None else wake
+                    wake = _core.parse_wake(_text(msg.get("data")))
+                    # a hand-over is keyed by its member; any other message by its
+                    # channel alone (its text is not kept)
+                    token, message = (None, "") if wake is None else wake
                     waiting = self.waiters.pop((channel, message), None)
                     if not waiting:
                         waiting = self.waiters.pop((channel, None), None)
@@ -418,7 +452,7 @@ class SharedSubscription:
                             if not future.done():
                                 future.set_result(token)
                     else:  # kept for a wait that starts a moment later; bounded, oldest out
-                        if len(self.pending) >= 10_000:
+                        if len(self.pending) >= self.MAX_PENDING:
                             del self.pending[next(iter(self.pending))]
                         self.pending[(channel, message)] = token
         except Exception:
@@ -567,8 +601,8 @@ class AsyncSubscription:
                     confirmed += 1
                     if confirmed == len(self.channels) and not self._confirmed.done():
                         self._confirmed.set_result(True)
-                elif kind in ("message", b"message"):
-                    if len(self.messages) < 10_000:  # in order, for a reader that wants them
+                elif kind in ("message", b"message") and not _oversized(msg.get("data")):
+                    if len(self.messages) < 1024:  # in order, for a reader that wants them
                         self.messages.append((_text(msg.get("channel")), _text(msg.get("data"))))
                     if not self._message.done():
                         self._message.set_result(None)

@@ -440,6 +440,9 @@ class Elector:
                     await self._send_preempt()
         except BaseException:
             await _cancel(acquiring)
+            if not acquiring.cancelled() and acquiring.exception() is None:
+                # won just as we were cancelled (shutdown): never drop a won lease
+                await asyncio.shield(self._release(acquiring.result()))
             raise
         if acquiring.done():
             return acquiring.result()

@@ -6,7 +6,6 @@ costs at most `timeout` seconds per attempt and never blocks a caller forever.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import threading
@@ -115,6 +114,17 @@ class LockClient:
                 self._listeners.remove(oldest)
                 oldest.close()
         return listener
+
+    def _drop_listener(self, key: str) -> None:
+        """Close this thread's subscription for `key`; its queue entries become unhandable."""
+        mine: OrderedDict[str, _Waiter] | None = getattr(self._local, "listeners", None)
+        listener = None if mine is None else mine.pop(key, None)
+        if listener is None:
+            return
+        with self._mutex:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        listener.close()
 
     def _eval(self, script: Script, keys: list[str], args: list[str], timeout: float | None) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
@@ -248,8 +258,7 @@ class LockClient:
         plan = _core.RetryPlan(key, retry if retry is not None else DEFAULT_RETRY)
         waiter = self._listener(key, timeout, create=False)
         listener = waiter.listener if waiter is not None else None  # once we listen
-        handover = _core.Handover(value, embed_token, px / 1000, confirm=self.min_replicas > 0)
-        flow = _core.lock_flow(plan, on_attempt, waiter is not None, handover)
+        flow = _core.lock_flow(plan, on_attempt, waiter is not None)
         call = next(_CALLS)  # tells this call's hand-over messages from a late earlier one
         sent: Any = None
         queued = ""  # our queue entry, if an attempt queued us
@@ -261,9 +270,7 @@ class LockClient:
                     result, started = done.value
                     stored, token = _core.won(result, key, value)
                     queued = ""  # the winning attempt (or the hand-over) left the queue
-                    return Lock(
-                        self, key, stored, expiration, token, started, embed_token, result.handed_at
-                    )
+                    return Lock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
                     member = ""
                     if waiter is not None and step.wait_ms:
@@ -289,8 +296,13 @@ class LockClient:
                     sent = self._wait(until, waiter, queued)
         finally:
             if queued:  # gave up (or was interrupted) while queued: leave the queue
-                with contextlib.suppress(Exception):
+                try:
                     self._leave(key, queued, timeout)
+                except Exception:
+                    # Redis did not answer (paused, unreachable): stop listening, so
+                    # that a release finds no subscriber on our channel (PUBSUB NUMSUB)
+                    # and skips the entry instead of handing the lock to nobody
+                    self._drop_listener(key)
 
     @staticmethod
     def _wait(wake_at: float, waiter: _Waiter | None, member: str) -> int | None:
@@ -367,6 +379,8 @@ class _Waiter:
                 msg = self.pubsub.get_message(timeout=max(0.0, left))
                 if msg is not None and msg.get("type") in ("message", b"message"):
                     data = msg.get("data")
+                    if not isinstance(data, str | bytes) or len(data) > _core.MAX_MESSAGE_BYTES:
+                        continue  # not one of ours: dropped unread
                     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
                     wake = _core.parse_wake(text)
                     if wake is not None and member and wake[1] == member:

@@ -22,6 +22,7 @@ from . import _core
 from ._core import AcquireResult
 from .aio import AsyncLock, AsyncLockClient, AsyncSubscription
 from .backend import Attempt, Candidate, Holder, Lease, Request, RequestResult
+from .errors import LockError
 from .strategy import RetryStrategy
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ def display(text: str, limit: int = MAX_SHOWN) -> str:
     return text + "…" if cut else text
 
 
+async def _give_back(lock: AsyncLock, timeout: float) -> None:
+    """Release a lock nobody will use, best effort (it expires anyway)."""
+    with contextlib.suppress(redis.RedisError, OSError, TimeoutError, LockError):
+        await lock.unlock(timeout=timeout)
+
+
 class RedisBackend:
     """An election's lease as a leaderd lock, through an `AsyncLockClient`."""
 
@@ -124,7 +131,8 @@ class RedisBackend:
                 holder = None if result.holder is None else parse_holder(result.holder)
                 on_attempt(Attempt("held", holder))
 
-        announced = asyncio.ensure_future(self._announced(candidate.identity, on_attempt))
+        announced = asyncio.ensure_future(self._announced(candidate.identity, on_attempt, timeout))
+        lock: AsyncLock | None = None
         try:
             lock = await self.client.lock(
                 self.key, value=value, expiration=ttl, timeout=timeout, retry=retry,
@@ -132,16 +140,25 @@ class RedisBackend:
             )  # fmt: skip
         finally:
             announced.cancel()
-            await asyncio.wait({announced}, timeout=1.0)
+            try:
+                await asyncio.wait({announced}, timeout=1.0)
+            except BaseException:
+                if lock is not None:  # cancelled after winning: give the lease back
+                    await asyncio.shield(_give_back(lock, timeout))
+                raise
         # The lock library measures on time.monotonic; the elector may run on another clock.
         now, mono = self.clock.now(), time.monotonic()
         return Lease(lock.fencing_token, now - (mono - lock.acquired_at), lock,
                      now - (mono - lock.began_at))  # fmt: skip
 
-    async def _announced(self, identity: str, on_attempt: Callable[[Attempt], None]) -> None:
+    async def _announced(
+        self, identity: str, on_attempt: Callable[[Attempt], None], timeout: float
+    ) -> None:
         """While waiting, report each new term announced on the election's terms channel
         (`announced`), so a follower knows the new leader at once, not at its next
-        attempt. Best effort: without pub/sub, attempts alone tell."""
+        attempt. A message is only a hint (anyone allowed to publish there could forge
+        one): what is reported is read from the key. Best effort: without pub/sub,
+        attempts alone tell."""
         subscription = self.client.subscription
         channel = _core.terms_channel(self.key)
         queue = subscription.feed(channel)
@@ -159,10 +176,13 @@ class RedisBackend:
                     getter.cancel()
                 if getter.cancelled() or not getter.done():
                     continue
-                data = getter.result()
-                holder = parse_holder(data) if data else None  # '': released to nobody
-                if holder is not None and holder.token and holder.identity != identity:
-                    on_attempt(Attempt("announced", holder))
+                while not queue.empty():  # a burst of news: one read answers them all
+                    queue.get_nowait()
+                with contextlib.suppress(*self.transient):
+                    value, _ = await self.client.get_holder(self.key, timeout=timeout)
+                    holder = None if value is None else parse_holder(value)
+                    if holder is not None and holder.token and holder.identity != identity:
+                        on_attempt(Attempt("announced", holder))
         finally:
             subscription.unfeed(channel, queue)
 
@@ -278,12 +298,13 @@ async def follow(
 ) -> AsyncGenerator[Holder | None, None]:
     """The holder of `election`, then each change of holder or term (None: nobody).
 
-    New terms are announced on pub/sub with the new holder's value, and each one is
-    reported in order, even several between two reads; releases are announced too.
-    A read every `poll` seconds, and at the lease's expiry, is the backstop (a missed
-    message, an expired leader, a Redis without pub/sub). A hand-over is one change:
-    the release writes the next holder. A term older than one already reported (a
-    late message) is never reported.
+    New terms and releases are announced on pub/sub; a message only wakes the reader,
+    which reports what the key holds (anyone allowed to publish could forge one, so a
+    holder is never reported from a message alone; a term that begins and ends between
+    two reads can go unreported). A read every `poll` seconds, and at the lease's
+    expiry, is the backstop (a missed message, an expired leader, a Redis without
+    pub/sub). A hand-over is one change: the release writes the next holder. A term
+    older than one already reported is never reported.
     """
     key = election_key(election)
     terms = _core.terms_channel(key)
@@ -303,13 +324,8 @@ async def follow(
                     if sub is not None:
                         await sub.close()
                     sub = await AsyncSubscription.start(client.redis, [terms], timeout)
-            for channel, data in sub.take() if sub is not None else []:
-                if channel == terms and data:  # a new term, with its holder's value
-                    announced = parse_holder(data)
-                    if news(announced):
-                        last = (announced.identity, announced.token)
-                        newest = announced.token or newest
-                        yield announced
+            if sub is not None:
+                sub.take()  # news of a change: read the key now
             value, left = await client.get_holder(key, timeout=timeout)
             holder = None if value is None else parse_holder(value)
             if news(holder):

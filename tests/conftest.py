@@ -69,7 +69,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         time.sleep(interval)
 
 
-def listening_waiter(r: redis.Redis, key: str, listener: str = "L1") -> Any:
+#: A listener id (16 hex digits, as a client makes them) for hand-crafted queue entries.
+L1 = "00000000000000a1"
+
+
+def listening_waiter(r: redis.Redis, key: str, listener: str = L1) -> Any:
     """A pub/sub connection subscribed (confirmed) to `listener`'s wake-up channel for
     `key`: a waiter that is alive but will not act, so hand-overs to it stay visible."""
     from leaderd import _core

@@ -17,7 +17,7 @@ from devtools.devserver import RedisServer
 from leaderd import LockClient, _core
 from leaderd._core import queued_value
 
-from .conftest import listening_waiter
+from .conftest import L1, listening_waiter
 from .daemons import Daemon, leaderd_cmd, poll
 
 KEY = "leaderd:{jobs}"
@@ -195,7 +195,7 @@ def test_the_documented_acl_is_enough(
     key = "leaderd:{acl}"
     holder = LockClient(limited).try_lock(key, expiration=30)
     listening = listening_waiter(limited, key)
-    member = _core.queue_member("L1", 1, 30000, False, "quitter")
+    member = _core.queue_member(L1, 1, 30000, False, "quitter")
     limited.zadd("leaderd:{acl}:waiters", {member: 1})
     limited.set("leaderd:{acl}:waiting", "1")
     holder.unlock()

@@ -1,9 +1,9 @@
-"""Hand-over: a release makes the first live waiter the holder, and the waiter takes the
-lock from the release message alone, without a command of its own.
+"""Hand-over: a release makes the first live waiter the holder for a short claim, then
+tells it; the waiter confirms with one request, which extends the claim to its lease.
 
 What must never happen: a waiter that gave up keeps a lock nobody uses, a message
-meant for an earlier `lock()` call is taken for a later one, or a waiter counts its
-lease from later than the release that wrote it.
+meant for an earlier `lock()` call (or a forged one) makes a holder, or a waiter that
+cannot act holds the lock for longer than the claim.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import redis.asyncio
 
 from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
-from leaderd._core import AcquireResult, Attempt, Handover, Listen, RetryPlan, Sleep
+from leaderd._core import AcquireResult, Attempt, Listen, RetryPlan, Sleep
 
-from .conftest import listening_waiter, wait_for
+from .conftest import L1, listening_waiter, wait_for
+
+WAITERS = _core.helper_keys("jobs")[0]
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def _calls(r: redis.Redis, command: str) -> int:
     return int(stats["calls"]) if stats else 0
 
 
-async def test_the_woken_waiter_sends_nothing_and_holds_the_lock_at_once(
+async def test_the_woken_waiter_confirms_with_one_request_and_holds_its_lease(
     aclient: AsyncLockClient, r: redis.Redis
 ) -> None:
     await (await aclient.try_lock("warm-up")).unlock()  # the scripts are loaded
@@ -53,22 +55,45 @@ async def test_the_woken_waiter_sends_nothing_and_holds_the_lock_at_once(
     waiter = asyncio.create_task(
         aclient.lock("jobs", value="next", expiration=5, retry=FixedIntervalStrategy(10, 3))
     )
-    await asyncio.to_thread(wait_for, lambda: r.zcard("{jobs}:waiters") == 1)
+    await asyncio.to_thread(wait_for, lambda: r.zcard(WAITERS) == 1)
     before = _calls(r, "evalsha") + _calls(r, "eval")
     released = time.monotonic()
     await holder.unlock()
     lock = await asyncio.wait_for(waiter, 5)
-    # Only the release ran: the waiter took the lock from the release message.
-    assert _calls(r, "evalsha") + _calls(r, "eval") - before == 1
+    # The release, then one confirming request of the waiter's own.
+    assert _calls(r, "evalsha") + _calls(r, "eval") - before == 2
     assert r.get("jobs") == b"next" and lock.value == "next"
     assert lock.fencing_token == int(r.get(_core.fence_key("jobs")) or 0)
     assert lock.fencing_token > holder.fencing_token
-    # Its lease is counted from before the release, never from the message.
-    assert lock.acquired_at < released and lock.is_valid()
-    assert lock.began_at > released  # when it learnt it holds the lock
-    await lock.refresh()
+    # The confirmation extended the claim to the lease, counted from its own start.
+    assert lock.acquired_at > released and lock.is_valid()
+    assert 4000 < r.pttl("jobs") <= 5000
     await lock.unlock()
     assert r.exists("jobs") == 0
+
+
+def test_a_release_writes_the_claim_before_it_tells_the_waiter(
+    client: LockClient, r: redis.Redis
+) -> None:
+    holder = client.try_lock("jobs", expiration=30)
+    listening = listening_waiter(r, "jobs")
+    member = _core.queue_member(L1, 1, 60_000, False, "next")
+    r.zadd(WAITERS, {member: 1})
+    r.set(_core.helper_keys("jobs")[1], "1")
+    # A MONITOR shows the order of the script's commands.
+    with r.monitor() as monitor:
+        holder.unlock()
+        seen: list[str] = []
+        while "PUBLISH" not in seen:
+            seen.append(monitor.next_command()["command"].split()[0].upper())
+    writes = [c for c in seen if c in ("SET", "PUBLISH")]
+    assert writes[-2:] == ["SET", "PUBLISH"]  # SET fence ... GET, SET key, then PUBLISH
+    # The message names the token; the key holds the waiter's value for the claim only.
+    msg = wait_for(lambda: listening.get_message(timeout=0.1))
+    token = int(r.get(_core.fence_key("jobs")) or 0)
+    assert msg["data"].decode() == f"{token} {member}"
+    assert r.get("jobs") == b"next" and 0 < r.pttl("jobs") <= _core.HANDOVER_CLAIM * 1000
+    listening.close()
 
 
 def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
@@ -77,9 +102,9 @@ def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
     holder = client.try_lock("jobs", expiration=30)
     # First in the queue: a live listener that gives up just as the lock reaches it.
     listening = listening_waiter(r, "jobs")
-    quitter = _core.queue_member("L1", 1, 30000, False, "quitter")
-    r.zadd("{jobs}:waiters", {quitter: 1})
-    r.set("{jobs}:waiting", "1")
+    quitter = _core.queue_member(L1, 1, 30000, False, "quitter")
+    r.zadd(WAITERS, {quitter: 1})
+    r.set(_core.helper_keys("jobs")[1], "1")
     got: list[Lock] = []
     thread = threading.Thread(
         target=lambda: got.append(
@@ -87,7 +112,7 @@ def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
         )
     )
     thread.start()
-    wait_for(lambda: r.zcard("{jobs}:waiters") == 2)
+    wait_for(lambda: r.zcard(WAITERS) == 2)
     holder.unlock()
     assert r.get("jobs") == b"quitter"
     # It leaves: not queued any more, and the key holds its value, so it passes it on.
@@ -96,9 +121,9 @@ def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
     thread.join(5)
     assert got and got[0].value == "patient" and r.get("jobs") == b"patient"
     # Leaving while still queued writes nothing else.
-    r.zadd("{jobs}:waiters", {quitter: 1})
+    r.zadd(WAITERS, {quitter: 1})
     assert r.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 0
-    assert r.get("jobs") == b"patient" and r.zcard("{jobs}:waiters") == 0
+    assert r.get("jobs") == b"patient" and r.zcard(WAITERS) == 0
     got[0].unlock()
     listening.close()
 
@@ -114,7 +139,7 @@ async def test_a_message_for_an_earlier_call_is_not_taken_for_this_one(
             client.lock, "jobs", value="v", expiration=5, retry=retry))  # fmt: skip
     else:
         waiting = asyncio.ensure_future(aclient.lock("jobs", value="v", expiration=5, retry=retry))
-    member = (await asyncio.to_thread(wait_for, lambda: r.zrange("{jobs}:waiters", 0, 0)))[0]
+    member = (await asyncio.to_thread(wait_for, lambda: r.zrange(WAITERS, 0, 0)))[0]
     listener, call_px, value = member.decode().split("|", 2)
     call = int(call_px.split("-", 1)[0])
     # A hand-over message for an earlier call of the same listener and value (one that
@@ -133,61 +158,27 @@ async def test_a_message_for_an_earlier_call_is_not_taken_for_this_one(
         await lock.unlock()
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _flow(clock: _Clock, monkeypatch: pytest.MonkeyPatch, lease: float) -> tuple[object, float]:
-    """Drive `lock_flow` to its first wait: (the generator, start of the queued attempt)."""
-    monkeypatch.setattr(_core.time, "monotonic", clock)
+def test_a_hand_over_message_is_only_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken with a token, the flow still attempts: Redis, not the message, decides."""
     plan = RetryPlan("jobs", FixedIntervalStrategy(60, None))
-    flow = _core.lock_flow(plan, None, listening=True, handover=Handover('{"id":"a"}', True, lease))
+    flow = _core.lock_flow(plan, None, listening=True)
     step = next(flow)
     assert isinstance(step, Attempt) and step.wait_ms > 0  # queued from the first attempt
-    queued_at = clock.now
-    clock.now += 0.002
     step = flow.send((AcquireResult(False, holder="other", ttl=30.0), None))
     assert isinstance(step, Sleep)
-    return flow, queued_at
-
-
-def test_a_hand_over_counts_the_lease_from_the_queued_attempts_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = _Clock()
-    flow, queued_at = _flow(clock, monkeypatch, lease=10.0)
-    clock.now += 4.0  # the release came a while later
+    step = flow.send(42)  # a hand-over message (or a forged one)
+    assert isinstance(step, Attempt)  # confirmed by an attempt
+    started = time.monotonic()
     with pytest.raises(StopIteration) as done:
-        flow.send(42)  # type: ignore[attr-defined]
-    result, started = done.value.value
-    assert result.acquired and result.token == 42 and result.value == '{"id":"a","token":42}'
-    assert started == queued_at  # not the time of the message
+        flow.send((AcquireResult(True, token=41, value="x"), None))
+    result, counted_from = done.value.value
+    assert result.token == 41  # Redis's token, not the message's
+    assert counted_from <= started + 0.001
 
 
-def test_a_hand_over_after_half_the_lease_is_confirmed_by_an_attempt(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = _Clock()
-    flow, _ = _flow(clock, monkeypatch, lease=10.0)
-    clock.now += 5.5  # the process may have been paused: prove it holds the lock
-    step = flow.send(42)  # type: ignore[attr-defined]
-    assert isinstance(step, Attempt)
-    clock.now += 0.001
-    with pytest.raises(StopIteration) as done:
-        flow.send((AcquireResult(True, token=42, value="x"), None))  # type: ignore[attr-defined]
-    _, started = done.value.value
-    assert started == clock.now - 0.001  # counted from the confirming attempt
-
-
-def test_listen_is_not_a_hand_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(_core.time, "monotonic", clock)
+def test_listen_is_not_a_hand_over() -> None:
     plan = RetryPlan("jobs", FixedIntervalStrategy(60, None))
-    flow = _core.lock_flow(plan, None, handover=Handover("v", False, 10.0))
+    flow = _core.lock_flow(plan, None)
     assert isinstance(next(flow), Attempt)
     assert isinstance(flow.send((AcquireResult(False, holder="o", ttl=9.0), None)), Listen)
     step = flow.send(True)
@@ -205,7 +196,7 @@ async def test_a_waiter_whose_subscription_broke_listens_again_and_is_handed_the
             client.lock, "jobs", value="v", expiration=5, retry=retry))  # fmt: skip
     else:
         waiting = asyncio.ensure_future(aclient.lock("jobs", value="v", expiration=5, retry=retry))
-    await asyncio.to_thread(wait_for, lambda: r.zcard("{jobs}:waiters") == 1)
+    await asyncio.to_thread(wait_for, lambda: r.zcard(WAITERS) == 1)
     channels = "leaderd:released:jobs|*"
     await asyncio.to_thread(wait_for, lambda: r.pubsub_channels(channels))
     r.client_kill_filter(_type="pubsub")  # e.g. a proxy or a network blip

@@ -1,7 +1,7 @@
 -- Acquire KEYS[1] (the lock) for value ARGV[1] with a lease of ARGV[2] ms.
 -- KEYS[2] fencing counter, KEYS[3] waiters (zset: member -> order), KEYS[4] the queue's
 -- arrival counter, which exists while anyone is queued (a release reads the queue only
--- then); all in the lock's hash slot. fence.lua is prepended to this script.
+-- then); all in the lock's hash slot. fence.lua and queue.lua are prepended.
 -- ARGV[3] == "1": ARGV[1] is a JSON object; it is stored with "token":<token>
 -- appended, so readers of the key see the holder's fencing token.
 -- ARGV[4] > 0: the caller waits and listens; if it does not get the lock it is queued
@@ -14,7 +14,8 @@
 -- A key that already holds our value (a retry after an attempt that timed out on the
 -- client but succeeded here, or a waiter confirming a hand-over) is extended and keeps
 -- its token.
--- Uncontended cost: SET NX GET, INCR (embedded token: GET, INCR, SET, PUBLISH). Redis
+-- Uncontended cost: SET NX GET, TIME, SET GET (embedded token: GET, TIME, SET GET, SET,
+-- PUBLISH). Redis
 -- before 7.0 has no SET NX GET: SET NX, then GET when it failed.
 -- Returns {1, token, stored value} when acquired; {0, holder, pttl} when held.
 if redis.replicate_commands then redis.replicate_commands() end
@@ -22,6 +23,7 @@ local key, fence, waiters, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, px, embed, wait_ms = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local priority = tonumber(ARGV[5] or '0') or 0
 local member = ARGV[6] or ''
+if member ~= '' and not parse_member(member) then member = '' end  -- never queue garbage
 local prefix = value
 if embed then prefix = string.sub(value, 1, -2) .. ',"token":' end
 
@@ -49,7 +51,7 @@ else
   end
 end
 if current then
-  if current == value or (embed and string.sub(current, 1, #prefix) == prefix) then
+  if holds(current, value, embed) then
     redis.call('PEXPIRE', key, px)
     if embed then  -- the token this term was given is in the value itself
       return {1, string.sub(current, #prefix + 1, -2), current}

@@ -1,11 +1,5 @@
 -- Shared by acquire.lua and release.lua (prepended when they are loaded): the next
 -- fencing token of the counter `fence`, which the including script must define.
--- Fencing: INCR of the counter (one command). A counter that was lost (INCR gives 1),
--- or was negative, is reseeded from Redis TIME in microseconds, so tokens stay
--- monotonic when Redis loses its data, unless its clock steps back. A counter that INCR
--- refuses (not a decimal integer, leading zeros, beyond int64) goes the slow way: exact
--- decimal-string arithmetic; garbage is repaired from TIME; one at the int64 limit is
--- refused with an error (no larger token exists) and nothing is written.
 local INT64_MAX = '9223372036854775807'
 
 -- a > b for decimal strings without leading zeros
@@ -28,39 +22,34 @@ local function now_us_text()
   return t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
 end
 
--- The slow way, for a counter INCR refused: exact, repairs garbage, refuses int64 max.
-local function repaired_token(fence)
-  local stored = redis.call('GET', fence)
+-- The next token of counter `fence` as a decimal string (written to the counter), or
+-- an error reply (a table). The token is max(counter + 1, Redis TIME in microseconds),
+-- in exact decimal-string arithmetic (no Lua number, so exact past 2^53). TIME makes it
+-- survive a rollback: a restart from an older snapshot or AOF, a promoted replica that
+-- lacked the last writes, FLUSHALL. Every token was at most its own issue time (one
+-- script per microsecond at most) unless the counter was ahead already, so one issued
+-- after the rollback, at a later TIME, is larger. A counter that is not a decimal
+-- integer is repaired from TIME; one at the int64 limit is refused, nothing changed.
+-- Cost: TIME, SET GET (Redis >= 6.2), and a second SET only when the counter leads TIME.
+local function next_token(fence)
   local now = now_us_text()
-  if not stored or not string.match(stored, '^%d+$') then return now end
-  stored = string.gsub(stored, '^0+', '')
+  local old = redis.pcall('SET', fence, now, 'GET')
+  if type(old) == 'table' then return old end  -- WRONGTYPE: an error reply, nothing written
+  if not old or not string.match(old, '^%d+$') then return now end  -- lost or garbage
+  local stored = string.gsub(old, '^0+', '')
   if stored == '' then stored = '0' end
   if #stored > 19 or not greater(INT64_MAX, stored) then
+    redis.call('SET', fence, old)  -- refused: the counter is left as it was
     return redis.error_reply('LEADERD_FENCE fencing counter ' .. fence ..
       ' is at the int64 limit; no larger token exists (delete it only if no fenced ' ..
       'resource has seen a token above Redis TIME in microseconds)')
   end
   local candidate = increment(stored)
-  if greater(now, candidate) then return now end
-  return candidate
-end
-
--- The next token of counter `fence` as a decimal string (written to the counter), or
--- an error reply (a table).
-local function next_token(fence)
-  local n = redis.pcall('INCR', fence)
-  if type(n) == 'number' then
-    if n <= 1 then  -- the counter was lost, never set, or negative: reseed from TIME
-      local now = now_us_text()
-      redis.call('SET', fence, now)
-      return now
-    end
-    if n < 9007199254740991 then return string.format('%.0f', n) end
-    return redis.call('GET', fence)  -- beyond 2^53 a Lua number is not exact
+  if greater(candidate, now) then
+    redis.call('SET', fence, candidate)
+    return candidate
   end
-  local token = repaired_token(fence)
-  if type(token) == 'string' then redis.call('SET', fence, token) end
-  return token
+  return now
 end
 
 -- The value a holder stores: `value` itself, or (embed) the JSON object `value` with
