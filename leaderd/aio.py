@@ -50,8 +50,11 @@ class AsyncLockClient:
         open)."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=1.0)
-        for task in list(self._background):  # departures Redis still did not answer:
-            task.cancel()  # closing the subscription below makes their entries unhandable
+        pending = set(self._background)  # departures Redis still did not answer:
+        for task in pending:  # closing the subscription below makes their entries
+            task.cancel()  # unhandable (PUBSUB NUMSUB finds nobody)
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         await self.subscription.close()
 
     # -- I/O -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,30 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def aclient(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """An `AsyncLockClient` on the test's server."""
+    import redis.asyncio
+
+    from leaderd import AsyncLockClient
+
+    client = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=5)
+    locks = AsyncLockClient(client)
+    yield locks
+    await locks.aclose()
+    await client.aclose()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[Any]:
+    """A `LockClient` on the test's server."""
+    from leaderd import LockClient
+
+    locks = LockClient(redis.Redis.from_url(redis_server.url, socket_timeout=5))
+    yield locks
+    locks.close()
 
 
 @pytest.fixture

@@ -11,35 +11,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 import redis.asyncio
 
-from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
 from leaderd._core import AcquireResult, Attempt, Listen, RetryPlan, Sleep
 
 from .conftest import L1, listening_waiter, wait_for
 
 WAITERS = _core.helper_keys("jobs")[0]
-
-
-@pytest.fixture
-async def aclient(redis_server: RedisServer) -> AsyncIterator[AsyncLockClient]:
-    client = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=5)
-    locks = AsyncLockClient(client)
-    yield locks
-    await locks.aclose()
-    await client.aclose()
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[LockClient]:
-    locks = LockClient(redis.Redis.from_url(redis_server.url, socket_timeout=5))
-    yield locks
-    locks.close()
 
 
 def _calls(r: redis.Redis, command: str) -> int:
