@@ -42,6 +42,10 @@ APP_INTERVAL, APP_TIMEOUT, APP_FAILURES = 0.1, 0.1, 2
 #: 2-core machine running five daemons and the faults).
 APP_BOUND = APP_FAILURES * APP_INTERVAL + APP_TIMEOUT + 0.25
 APP_FAULTS = ("app_500", "app_hang", "app_closed")
+#: Faults at the edges of the hand-over: a restart from a snapshot taken before some
+#: hand-overs, a PSUBSCRIBE * client, a frozen follower while the leader hands over,
+#: CLIENT PAUSE WRITE while the leader resigns and waiters give up.
+HANDOVER_FAULTS = ("snapshot_restart", "psubscribe", "frozen_follower", "pause_writes")
 
 
 class App:
@@ -193,18 +197,25 @@ class Chaos:
         )  # fmt: skip
 
     # -- faults ------------------------------------------------------------------------
+    #: faults drawn only from these, if set (`run(kinds=...)`)
+    kinds: tuple[str, ...] | None = None
+
     def inject(self, duration: float) -> None:
         """Run random faults for `duration` seconds."""
         end = time.monotonic() + duration
         while time.monotonic() < end:
             kinds = ["kill", "stop", "redis_restart", "partition", "blackhole", "latency",
-                     *APP_FAULTS, "resign", "switchover", "none"]  # fmt: skip
+                     *APP_FAULTS, "resign", "switchover", "none", *HANDOVER_FAULTS]  # fmt: skip
             if self.topology == "sentinel":
                 kinds = ["kill", "stop", "failover", "failover", "app_500", "switchover", "none"]
+            if self.kinds:
+                kinds = list(self.kinds)
             kind = self.rng.choice(kinds)
             i = self.rng.randrange(len(self.names))
             hold = self.rng.uniform(0.2, 2.5 * TTL)
-            target = "redis" if kind in ("redis_restart", "failover") else self.names[i]
+            on_redis = kind in ("redis_restart", "failover", "snapshot_restart", "psubscribe",
+                                "pause_writes")  # fmt: skip
+            target = "redis" if on_redis else self.names[i]
             fault = Fault(kind, target, time.time())
             self._apply(kind, i, hold)
             fault.end = time.time()
@@ -226,6 +237,8 @@ class Chaos:
             d.signal(signal.SIGCONT)
         elif kind == "redis_restart":
             self.redis.restart()  # no persistence: the lock and the counter are gone
+        elif kind in HANDOVER_FAULTS:
+            self._handover_fault(kind, i, hold)
         elif kind == "failover":
             import redis
 
@@ -258,6 +271,39 @@ class Chaos:
             self._control(kind, name, hold)
         else:
             time.sleep(hold / 4)
+
+    def _handover_fault(self, kind: str, i: int, hold: float) -> None:
+        """The faults at the edges of the hand-over (issue 18)."""
+        import redis
+
+        r = redis.Redis(port=self.redis.port, socket_timeout=5)
+        try:
+            if kind == "snapshot_restart":  # hand-overs happen after the snapshot, then
+                r.save()  # Redis restarts from it: the lock and counter roll back
+                time.sleep(hold)
+                self.redis.kill()
+                self.redis.start()
+            elif kind == "psubscribe":  # PUBLISH counts it: liveness must not
+                watcher = r.pubsub()
+                watcher.psubscribe("*")
+                time.sleep(hold)
+                watcher.close()
+            elif kind == "frozen_follower":  # a follower, likely queued first, freezes
+                leader = next((n for n, d in self.daemons.items() if d.ready() == 200), None)
+                name = next(n for n in self.names if n != leader)
+                self.daemons[name].signal(signal.SIGSTOP)
+                if leader is not None:
+                    self._control("resign", leader, hold)
+                time.sleep(hold)
+                self.daemons[name].signal(signal.SIGCONT)
+            elif kind == "pause_writes":  # followers give up (resign) while writes pause
+                leader = next((n for n, d in self.daemons.items() if d.ready() == 200), None)
+                with contextlib.suppress(redis.RedisError):
+                    r.execute_command("CLIENT", "PAUSE", round(min(hold, 1.5) * 1000), "WRITE")
+                if leader is not None:
+                    self._control("resign", leader, hold)
+        finally:
+            r.close()
 
     def _control(self, kind: str, target: str, hold: float) -> None:
         """An operator's request through Redis: resign (held off `hold`), or switchover
@@ -324,7 +370,8 @@ class Chaos:
         report.terms = self.terms()
         # Redis data loss: a restart without persistence, or a failover to a replica
         # that may not have the last write (asynchronous replication).
-        restarts = [f.start for f in report.faults if f.kind in ("redis_restart", "failover")]
+        restarts = [f.start for f in report.faults
+                    if f.kind in ("redis_restart", "failover", "snapshot_restart")]  # fmt: skip
         for a_i, a in enumerate(report.terms):
             for b in report.terms[a_i + 1 :]:
                 overlap = min(a.end, b.end) - max(a.start, b.start)
@@ -412,8 +459,11 @@ def run(
     n: int = 4,
     plot: Path | None = None,
     topology: str = "single",
+    kinds: tuple[str, ...] | None = None,
 ) -> Report:
+    """`kinds`: draw faults only from these (default: every kind of the topology)."""
     chaos = Chaos(workdir, n=n, seed=seed, topology=topology)
+    chaos.kinds = kinds
     try:
         for d in chaos.daemons.values():
             d.wait_http()
