@@ -223,6 +223,14 @@ class AsyncLockClient:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_retrieve)
 
+    def nudge(self, key: str) -> None:
+        """Make this client's `lock()` calls waiting on `key` attempt now (as a release
+        message would): e.g. when a hand-over's claim runs out unconfirmed."""
+        channel = _core.waiter_channel(key, self.listener)
+        for member, (k, _) in list(self._queued.items()):
+            if k == key:
+                self.subscription.wake(channel, member)
+
     async def eval_script(
         self, script: Script, keys: list[str], args: list[str], timeout: float | None = 1.0
     ) -> Any:
@@ -487,6 +495,12 @@ class SharedSubscription:
 
     def unfeed(self, channel: str, queue: asyncio.Queue[str]) -> None:
         self.feeds.get(channel, set()).discard(queue)
+
+    def wake(self, channel: str, member: str) -> None:
+        """End the waits for `member` on `channel` now, as a message with no token."""
+        for future in self.waiters.pop((channel, member), ()):
+            if not future.done():
+                future.set_result(None)
 
     def forget(self, channel: str, member: str) -> None:
         """Drop a message for `member` that nobody will wait for any more."""

@@ -162,6 +162,7 @@ class RedisBackend:
         subscription = self.client.subscription
         channel = _core.terms_channel(self.key)
         queue = subscription.feed(channel)
+        nudge: asyncio.TimerHandle | None = None
         try:
             while True:
                 if not subscription.listening(channel):  # first, or after a reconnect
@@ -179,12 +180,21 @@ class RedisBackend:
                 while not queue.empty():  # a burst of news: one read answers them all
                     queue.get_nowait()
                 with contextlib.suppress(*self.transient):
-                    value, _ = await self.client.get_holder(self.key, timeout=timeout)
+                    value, left = await self.client.get_holder(self.key, timeout=timeout)
                     holder = None if value is None else parse_holder(value)
                     if holder is not None and holder.token and holder.identity != identity:
                         on_attempt(Attempt("announced", holder))
+                    if holder is not None and left is not None and left <= _core.HANDOVER_CLAIM:
+                        # a hand-over's claim: if its new holder cannot confirm it (frozen,
+                        # blocked), attempt when it runs out, not at the next retry
+                        if nudge is not None:
+                            nudge.cancel()
+                        loop = asyncio.get_running_loop()
+                        nudge = loop.call_later(left + 0.002, self.client.nudge, self.key)
         finally:
             subscription.unfeed(channel, queue)
+            if nudge is not None:
+                nudge.cancel()
 
     async def renew(self, lease: Lease, timeout: float) -> None:
         lock: AsyncLock = lease.handle

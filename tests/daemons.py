@@ -17,7 +17,7 @@ from devtools.devserver import free_port
 
 from .conftest import wait_for as poll
 
-__all__ = ["Daemon", "leaderd_cmd", "poll"]
+__all__ = ["Daemon", "leaderd_cmd", "leaders", "poll"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,3 +127,8 @@ class Daemon:
                 pass
             self.proc.wait(10)
         self._log.close()
+
+
+def leaders(daemons: list[Daemon]) -> list[Daemon]:
+    """The daemons whose /readyz answers 200."""
+    return [d for d in daemons if d.ready() == 200]

@@ -14,13 +14,9 @@ import redis
 
 from devtools.devserver import RedisServer, free_port
 
-from .daemons import Daemon, leaderd_cmd, poll
+from .daemons import Daemon, leaderd_cmd, leaders, poll
 
 KEY = "leaderd:{jobs}"
-
-
-def leaders(daemons: list[Daemon]) -> list[Daemon]:
-    return [d for d in daemons if d.ready() == 200]
 
 
 def file_role(d: Daemon) -> str | None:

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -28,6 +28,7 @@ from leaderd.election import SystemClock
 from leaderd.redis_backend import RedisBackend, follow, parse_holder
 
 from .conftest import L1, listening_waiter, wait_for
+from .daemons import Daemon, leaders, poll
 
 WAITERS, WAITING = _core.helper_keys("jobs")
 
@@ -349,3 +350,31 @@ def test_keys_a_and_braced_a_have_independent_queues_and_counters(
     thread.join(5)
     assert got and got[0].value == "w" and r.get("{a}") == b"w"
     got[0].unlock()
+
+
+def test_an_election_follower_takes_over_from_a_frozen_head_waiter_within_a_second(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], r: redis.Redis
+) -> None:
+    """Followers that attempt only every 10 s: the one behind a frozen head waiter
+    hears of the hand-over, sees a claim, and attempts when it runs out."""
+    waiters = _core.helper_keys("leaderd:{jobs}")[0]
+    ds = [spawn(redis_server.url, f"pod-{i}", "--retry-interval", "10s", ttl="30s")
+          for i in range(3)]  # fmt: skip
+    for d in ds:
+        d.wait_http()
+    leader = poll(lambda: (lambda ls: ls[0] if len(ls) == 1 else None)(leaders(ds)))
+    poll(lambda: r.zcard(waiters) == 2, 5)
+    first = r.zrange(waiters, 0, 0)[0].decode()
+    frozen = next(d for d in ds if f'"identity":"{d.identity}"' in first)
+    live = next(d for d in ds if d is not leader and d is not frozen)
+    frozen.signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        leader.signal(signal.SIGTERM)  # hands over to the frozen one, for the claim only
+        poll(lambda: live.ready() == 200, 3)
+        took = time.monotonic() - stopped
+        assert took < 1.0, f"the live follower led after {took:.2f}s"
+    finally:
+        frozen.signal(signal.SIGCONT)
+    # the frozen one, resumed, finds its claim gone and follows
+    poll(lambda: frozen.status()["role"] == "follower", 5)
