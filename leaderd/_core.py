@@ -348,9 +348,10 @@ def new_listener_id() -> str:
 class RetryPlan:
     """The bookkeeping of one `lock()` call, shared by the sync and async clients.
 
-    The strategy decides when to give up and how often to poll; release messages and
-    the holder's lease expiry trigger extra attempts in between, which do not count
-    as strategy retries.
+    The strategy decides how often to poll and when to give up: after `max_retry`
+    retries, i.e. `max_retry + 1` attempts in all. Release messages and the holder's
+    lease expiry trigger extra attempts between the polls; they count as attempts
+    (so the limit is exact) but do not advance the backoff.
     """
 
     __slots__ = (
@@ -396,10 +397,16 @@ class RetryPlan:
             self.holder = result.holder
             if result.ttl is not None and result.ttl >= 0:
                 self.expires_at = started + result.ttl
+        # Every attempt counts against `max_retry`, the extra ones a release message or
+        # the holder's expiry triggers included: `max_retry=N` is N + 1 attempts at most.
+        if self.strategy.next_delay(self.attempts) is None:
+            raise MaxRetryError(
+                self.key, self.attempts, self.holder, redis_failed=error is not None
+            ) from error
         now = time.monotonic()
         if now < self.next_retry_at:
             return False
-        self.retries += 1
+        self.retries += 1  # the polling schedule: extra attempts do not speed up backoff
         delay = self.strategy.next_delay(self.retries)
         if delay is None:
             raise MaxRetryError(

@@ -69,4 +69,5 @@ class MaxRetryError(LockError):
             who = f"held by {_shown(holder)}"
         else:
             who = "handed over to a client that was waiting longer"
-        super().__init__(f"gave up on lock {key!r} after {attempts} attempts ({who})")
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        super().__init__(f"gave up on lock {key!r} after {tries} ({who})")

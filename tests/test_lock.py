@@ -106,17 +106,25 @@ def test_context_manager_keeps_the_body_exception(client: LockClient, r: redis.R
         1 / 0  # noqa: B018
 
 
-def test_max_retry_error_counts_attempts_and_names_holder(client: LockClient) -> None:
+@pytest.mark.parametrize("max_retry", [1, 3, 12])
+def test_max_retry_n_means_n_plus_one_attempts_exactly(client: LockClient, max_retry: int) -> None:
+    """Every attempt counts (the one right after subscribing too), as the hook sees."""
     holder = client.try_lock("jobs", expiration=5)
-    started = time.monotonic()
+    seen: list[object] = []
     with pytest.raises(MaxRetryError) as err:
-        client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.05, max_retry=3))
-    elapsed = time.monotonic() - started
+        client.lock("jobs", expiration=5, retry=FixedIntervalStrategy(0.02, max_retry),
+                    on_attempt=lambda result, error: seen.append(result))  # fmt: skip
+    assert err.value.attempts == len(seen) == max_retry + 1
+    assert f"after {max_retry + 1} attempts (held by" in str(err.value)
     assert err.value.holder == holder.value
-    # 1 first try + 1 check right after subscribing + 3 strategy retries
-    assert err.value.attempts == 5
-    assert 0.14 < elapsed < 2.0
-    assert "after 5 attempts" in str(err.value)
+
+
+def test_max_retry_counts_attempts_when_redis_is_down(redis_server: RedisServer) -> None:
+    client = LockClient(redis.Redis.from_url(redis_server.url, socket_timeout=1))
+    redis_server.kill()
+    with pytest.raises(MaxRetryError, match="after 3 attempts .Redis did not answer") as err:
+        client.lock("jobs", timeout=0.2, retry=FixedIntervalStrategy(0.01, 2))
+    assert err.value.attempts == 3
 
 
 def test_max_retry_zero_means_one_attempt(client: LockClient) -> None:
@@ -124,6 +132,7 @@ def test_max_retry_zero_means_one_attempt(client: LockClient) -> None:
     with pytest.raises(MaxRetryError) as err:
         client.lock("jobs", retry=FixedIntervalStrategy(1, max_retry=0))
     assert err.value.attempts == 1
+    assert "after 1 attempt (held by" in str(err.value)
 
 
 def test_release_wakes_a_waiter_at_once(client: LockClient, r: redis.Redis) -> None:
