@@ -9,6 +9,7 @@ the deadline logic is tested on a fake clock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -100,6 +101,10 @@ class ElectionObserver:
 
     def on_new_leader(self, identity: str | None) -> None:
         """The observed holder of the lock changed (None: nobody, or unknown)."""
+
+    def on_duplicate_identity(self, token: int) -> None:
+        """Another live candidate uses this candidate's identity: it holds the lock with
+        `token`, a term this candidate never had. Reported once per elector."""
 
     async def stepped_down(self, term: Term, reason: str, budget: float) -> None:
         """Awaited after a chosen step-down and before the lock is released.
@@ -239,6 +244,10 @@ class Elector:
         self.leader: str | None = None
         self.leader_address: str | None = None
         self._holder: Holder | None = None  # the holder seen by the last attempt
+        #: the tokens of this elector's own recent terms: a holder with our identity and
+        #: another token is a second candidate using our identity
+        self._own_tokens: collections.deque[int] = collections.deque(maxlen=32)
+        self.duplicate_identity = False
         self.transitions = 0
         self.term: Term | None = None
         self.updated_at = self.clock.wall()
@@ -334,6 +343,7 @@ class Elector:
             "eligible": self.eligible,
             "ineligible_reason": self.ineligible_reason,
             "priority": self.priority,
+            "duplicate_identity": self.duplicate_identity,
             **self.extra_status,
         }
 
@@ -635,6 +645,7 @@ class Elector:
 
     # -- state changes -------------------------------------------------------------------
     def _attempted(self, attempt: Attempt) -> None:
+        self._check_duplicate(attempt.holder)
         if attempt.outcome == "announced":  # news of a new term, not an attempt
             holder, seen = attempt.holder, self._holder
             if holder is not None and not _older(holder, seen) and holder != seen:
@@ -651,6 +662,20 @@ class Elector:
         if self.role == "starting":
             self._set_role("follower")
 
+    def _check_duplicate(self, holder: Holder | None) -> None:
+        """Warn once if the holder has our identity but a term that was never ours."""
+        if (
+            holder is None
+            or holder.identity != self.identity
+            or holder.token is None
+            or holder.token in self._own_tokens
+            or self.duplicate_identity
+        ):
+            return
+        self.duplicate_identity = True
+        self._notify("on_duplicate_identity", holder.token)
+        self._changed()
+
     def _observe_leader(self, identity: str | None, address: str | None = None) -> None:
         if identity == self.leader:
             if address != self.leader_address:
@@ -666,6 +691,7 @@ class Elector:
             self._on_new_leader(identity)
 
     def _start_term(self, term: Term) -> None:
+        self._own_tokens.append(term.fencing_token)
         self.term = term
         self.transitions += 1
         self.role = "leader"

@@ -111,6 +111,14 @@ class LogObserver(ElectionObserver):
         self.log.info("leader_changed", leader=identity,
                       leader_address=self.elector.leader_address)  # fmt: skip
 
+    def on_duplicate_identity(self, token: int) -> None:
+        self.log.warning(
+            "duplicate_identity",
+            token=token,
+            hint="another live candidate runs with this --identity; give each its own "
+            "(the pod name); until then status and logs cannot tell them apart",
+        )
+
     def on_control(self, event: str, fields: dict[str, Any]) -> None:
         if event == "received":
             self.log.info(

@@ -378,3 +378,63 @@ def test_an_election_follower_takes_over_from_a_frozen_head_waiter_within_a_seco
         frozen.signal(signal.SIGCONT)
     # the frozen one, resumed, finds its claim gone and follows
     poll(lambda: frozen.status()["role"] == "follower", 5)
+
+
+# -- issue 19: two candidates with one identity -------------------------------------------
+async def test_a_candidate_warns_once_when_another_uses_its_identity(
+    aclient: AsyncLockClient, r: redis.Redis
+) -> None:
+    from leaderd import ElectionObserver, Elector
+
+    class Seen(ElectionObserver):
+        def __init__(self) -> None:
+            self.duplicates: list[int] = []
+
+        def on_duplicate_identity(self, token: int) -> None:
+            self.duplicates.append(token)
+
+    other = AsyncLockClient(aclient.redis)
+    seen = [Seen(), Seen()]
+    retry = FixedIntervalStrategy(0.05, None)
+    electors = [
+        Elector(c, election="jobs", identity="pod-a", ttl=5, retry=retry, observers=[o])
+        for c, o in zip((aclient, other), seen, strict=True)
+    ]
+
+    async def lead(term: object) -> None:
+        await asyncio.Event().wait()
+
+    runs = [asyncio.ensure_future(e.run(lead)) for e in electors]
+    try:
+        await asyncio.to_thread(wait_for, lambda: any(e.is_leader() for e in electors))
+        follower = next(i for i, e in enumerate(electors) if not e.is_leader())
+        await asyncio.to_thread(wait_for, lambda: electors[follower].duplicate_identity)
+        await asyncio.sleep(0.3)  # more attempts see it again: still one warning
+        assert len(seen[follower].duplicates) == 1
+        assert electors[follower].status()["duplicate_identity"] is True
+        leader = 1 - follower
+        assert electors[leader].status()["duplicate_identity"] is False
+        token = electors[leader].term.fencing_token  # type: ignore[union-attr]
+        assert seen[follower].duplicates == [token]
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.wait(runs)
+        await other.aclose()
+
+
+async def test_a_candidate_seeing_its_own_old_term_is_no_duplicate(
+    aclient: AsyncLockClient, r: redis.Redis
+) -> None:
+    from leaderd import Elector
+
+    elector = Elector(aclient, election="jobs", identity="pod-a", ttl=5,
+                      retry=FixedIntervalStrategy(0.05, None))  # fmt: skip
+    backend = RedisBackend(aclient, "jobs", SystemClock())
+    lease = await backend.acquire(Candidate("pod-a"), 5, 1, FixedIntervalStrategy(0.05, 1),
+                                  lambda attempt: None)  # fmt: skip
+    elector._own_tokens.append(lease.token)  # as if it had been our term
+    holder = parse_holder((r.get(backend.key) or b"").decode())
+    elector._check_duplicate(holder)
+    assert not elector.duplicate_identity
+    await backend.release(lease, 1)
