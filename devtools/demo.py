@@ -1,14 +1,16 @@
 """`make demo`: three `leaderd run` candidates on a throw-away local Redis.
 
-Shows who leads, then crashes the leader (SIGKILL) and later stops the next one
-gracefully (SIGTERM), and prints both failover times. No root, no Docker; every
-process it starts is stopped before it exits.
+Shows who leads, then crashes the leader (SIGKILL), moves leadership with
+`leaderd switchover`, stops the leader gracefully (SIGTERM), and prints the timings.
+Every command it runs is printed first, so it can be repeated by hand (the README's
+quick start). No root, no Docker; every process it starts is stopped before it exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,13 +31,13 @@ class Candidate:
         self.name = name
         self.port = free_port()
         self.log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115
+        args = ["run", "--redis-url", redis_url, "--election", "demo", "--identity", name,
+                "--ttl", TTL, "--http-addr", f"127.0.0.1:{self.port}",
+                "--retry-interval", "5s", "--log-format", "json"]  # fmt: skip
+        _print_command(args, f"> {workdir / name}.log &")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leaderd.cli", "run", "--redis-url", redis_url,
-             "--election", "demo", "--identity", name, "--ttl", TTL,
-             "--http-addr", f"127.0.0.1:{self.port}", "--retry-interval", "5s",
-             "--log-format", "json"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("LEADERD_")},
+            [sys.executable, "-m", "leaderd.cli", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=_env(),
         )  # fmt: skip
 
     def get(self, path: str) -> tuple[int, Any]:
@@ -55,6 +57,24 @@ class Candidate:
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LEADERD_")}
+
+
+def _print_command(args: list[str], suffix: str = "") -> None:
+    """Show a leaderd command as a user would type it."""
+    print(f"  $ {shlex.join(['leaderd', *args])} {suffix}".rstrip())
+
+
+def _leaderd(*args: str) -> subprocess.CompletedProcess[str]:
+    _print_command(list(args))
+    done = subprocess.run([sys.executable, "-m", "leaderd.cli", *args], env=_env(),
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        print(f"    {line}")
+    return done
 
 
 def _wait_for(predicate: Any, timeout: float) -> Any:
@@ -91,6 +111,7 @@ def main() -> None:
               "followers poll only every 5 s (they are woken by the release message "
               "and at lease expiry)")  # fmt: skip
         try:
+            print("\nstart three candidates (distinct --identity and --http-addr):")
             cands = [Candidate(f"pod-{i}", server.url, workdir) for i in range(3)]
             started = time.monotonic()
             leader = _wait_for(lambda: _sole_leader(cands), 15)
@@ -99,8 +120,11 @@ def main() -> None:
             _wait_for(lambda: all(c.get("/status")[1] and c.get("/status")[1]["leader"]
                                   for c in cands), 10)  # fmt: skip
             _show(cands, "who leads, as each candidate sees it:")
+            print("\nask Redis, as an operator would:")
+            _leaderd("status", "--redis-url", server.url, "--election", "demo")
 
             print(f"\ncrash: SIGKILL {leader.name} (it cannot release; the lease must expire)")
+            print(f"  $ kill -KILL {leader.proc.pid}")
             killed = time.monotonic()
             leader.proc.send_signal(signal.SIGKILL)
             rest = [c for c in cands if c is not leader]
@@ -108,17 +132,29 @@ def main() -> None:
             crash = time.monotonic() - killed
             print(f"  {new.name} leads {crash:.3f}s later (ttl {TTL})")
 
+            other = next(c for c in rest if c is not new)
+            _wait_for(lambda: other.get("/status")[1]["leader"] == new.name, 10)
+            print(f"\nswitchover: hand leadership from {new.name} to {other.name}")
+            switched = time.monotonic()
+            done = _leaderd("switchover", "--redis-url", server.url, "--election", "demo",
+                            "--to", other.name)  # fmt: skip
+            _wait_for(lambda: _sole_leader(rest) is other, 10)
+            switch = time.monotonic() - switched
+            print(f"  {other.name} leads {switch * 1000:.1f} ms later (exit {done.returncode}, "
+                  "the command's own start included)")  # fmt: skip
+
             time.sleep(1.0)
-            print(f"\ngraceful: SIGTERM {new.name} (it releases the lock on the way out)")
+            print(f"\ngraceful: SIGTERM {other.name} (it releases the lock on the way out)")
+            print(f"  $ kill -TERM {other.proc.pid}")
             stopped = time.monotonic()
-            new.proc.send_signal(signal.SIGTERM)
-            last = [c for c in rest if c is not new]
-            third = _wait_for(lambda: _sole_leader(last), 10)
+            other.proc.send_signal(signal.SIGTERM)
+            third = _wait_for(lambda: _sole_leader([new]), 10)
             graceful = time.monotonic() - stopped
             print(f"  {third.name} leads {graceful * 1000:.1f} ms later; "
-                  f"{new.name} exited with {new.proc.wait(10)}")  # fmt: skip
+                  f"{other.name} exited with {other.proc.wait(10)}")  # fmt: skip
             _show(cands, "final state:")
-            print(f"\ncrash failover {crash:.3f}s, graceful hand-over {graceful * 1000:.1f} ms")
+            print(f"\ncrash failover {crash:.3f}s, switchover {switch * 1000:.1f} ms, "
+                  f"graceful hand-over {graceful * 1000:.1f} ms")  # fmt: skip
         finally:
             for c in cands:
                 c.stop()
