@@ -72,6 +72,7 @@ ACQUIRE = Script.load("acquire", "fence", "queue")
 REFRESH = Script.load("refresh")
 RELEASE = Script.load("release", "fence", "queue")
 CONTROL = Script.load("control")
+CONFIRM = Script.load("confirm", "queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,11 @@ def acquire_args(
     if embed_token:
         args.append(terms_channel(key))  # elections announce each new term to watchers
     return keys, args
+
+
+def confirm_args(key: str, value: str, px: int, embed_token: bool) -> tuple[list[str], list[str]]:
+    """Keys and args of the confirm script: is the hand-over to `value` in the key?"""
+    return [key, fence_key(key)], [value, str(px), "1" if embed_token else "0"]
 
 
 def release_args(
@@ -516,13 +522,19 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirm:
+    """A release handed us the lock (says a message): confirm it with Redis, extending
+    the claim to our lease; send back the outcome as for an `Attempt`."""
+
+
+@dataclass(frozen=True, slots=True)
 class Sleep:
     """Wait until monotonic `until`, or until a release announcement arrives."""
 
     until: float
 
 
-LockStep = Attempt | Listen | Sleep
+LockStep = Attempt | Listen | Confirm | Sleep
 #: What an attempt yields back: the result, or the transient/failover error it met.
 AttemptOutcome = tuple[AcquireResult | None, Exception | None]
 
@@ -536,11 +548,11 @@ def lock_flow(
     `listening`: the caller's subscription for this key exists already (an earlier
     `lock()` made it), so even its first attempt queues it. A `Sleep` ends early when a
     release hands the lock to this call (it is sent back the message's token, else
-    None); either way the next step is an attempt. After a hand-over that attempt is
-    the confirmation: it finds our value (written by the release before it told us),
-    extends the claim to our lease and reads the token from Redis, so a forged or
-    stale message never makes a holder. Raises `MaxRetryError` (from `plan`) when the
-    strategy gives up.
+    None). After a hand-over comes a `Confirm`: it finds our value (written by the
+    release before it told us), extends the claim to our lease and reads the token
+    from Redis, so a forged or stale message never makes a holder; if it does not
+    find our value the flow goes on with attempts (a failed confirmation is not an
+    attempt). Raises `MaxRetryError` (from `plan`) when the strategy gives up.
     """
     while True:
         started = time.monotonic()
@@ -554,7 +566,13 @@ def lock_flow(
             listening = True
             if (yield Listen()):
                 continue  # a release may have slipped in before we listened
-        yield Sleep(plan.wake_at())
+        if (yield Sleep(plan.wake_at())) is not None:
+            started = time.monotonic()
+            result, error = yield Confirm()
+            if result is not None and result.acquired:
+                if on_attempt is not None:
+                    on_attempt(result, error)
+                return result, started
 
 
 def classify_attempt_error(exc: Exception) -> Exception:

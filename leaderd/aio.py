@@ -130,6 +130,17 @@ class AsyncLockClient:
             raise redis.TimeoutError(f"acquire of {key!r} timed out after {timeout}s") from exc
 
     # -- API -------------------------------------------------------------------------
+    async def _confirm(
+        self, key: str, value: str, px: int, timeout: float | None, embed: bool
+    ) -> AcquireResult:
+        keys, args = _core.confirm_args(key, value, px, embed)
+        try:
+            return _core.parse_acquire(await self._eval(_core.CONFIRM, keys, args, timeout))
+        except redis.ResponseError as exc:
+            raise _core.map_response_error(exc, key) from exc
+        except TimeoutError as exc:
+            raise redis.TimeoutError(f"confirm of {key!r} timed out after {timeout}s") from exc
+
     async def try_lock(
         self,
         key: str,
@@ -192,6 +203,12 @@ class AsyncLockClient:
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                     in_flight = False
+                elif isinstance(step, _core.Confirm):
+                    try:
+                        result = await self._confirm(key, value, px, timeout, embed_token)
+                        sent = (result, None)
+                    except redis.RedisError as exc:
+                        sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):
                     sent = listened = await self.subscription.listen(channel, timeout)
                 else:  # woken by a hand-over to this call's queue entry, or at `until`

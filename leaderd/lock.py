@@ -216,6 +216,15 @@ class LockClient:
         except redis.ResponseError as exc:
             raise _core.map_response_error(exc, key) from exc
 
+    def _confirm(
+        self, key: str, value: str, px: int, timeout: float | None, embed: bool
+    ) -> AcquireResult:
+        keys, args = _core.confirm_args(key, value, px, embed)
+        try:
+            return _core.parse_acquire(self._eval(_core.CONFIRM, keys, args, timeout))
+        except redis.ResponseError as exc:
+            raise _core.map_response_error(exc, key) from exc
+
     # -- API -------------------------------------------------------------------------
     def try_lock(
         self,
@@ -279,6 +288,11 @@ class LockClient:
                     try:
                         sent = (self._acquire(key, value, px, timeout, embed_token,
                                               step.wait_ms, priority, member), None)  # fmt: skip
+                    except redis.RedisError as exc:
+                        sent = (None, _core.classify_attempt_error(exc))
+                elif isinstance(step, _core.Confirm):
+                    try:
+                        sent = (self._confirm(key, value, px, timeout, embed_token), None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Listen):

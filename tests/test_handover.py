@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
-from leaderd._core import AcquireResult, Attempt, Listen, RetryPlan, Sleep
+from leaderd._core import AcquireResult, Attempt, Confirm, Listen, RetryPlan, Sleep
 
 from .conftest import L1, listening_waiter, wait_for
 
@@ -33,6 +33,7 @@ async def test_the_woken_waiter_confirms_with_one_request_and_holds_its_lease(
     aclient: AsyncLockClient, r: redis.Redis
 ) -> None:
     await (await aclient.try_lock("warm-up")).unlock()  # the scripts are loaded
+    r.script_load(_core.CONFIRM.source)
     holder = await aclient.try_lock("jobs", expiration=30)
     waiter = asyncio.create_task(
         aclient.lock("jobs", value="next", expiration=5, retry=FixedIntervalStrategy(10, 3))
@@ -140,22 +141,29 @@ async def test_a_message_for_an_earlier_call_is_not_taken_for_this_one(
         await lock.unlock()
 
 
-def test_a_hand_over_message_is_only_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Woken with a token, the flow still attempts: Redis, not the message, decides."""
+def test_a_hand_over_message_is_only_a_hint() -> None:
+    """Woken with a token, the flow confirms with Redis: Redis, not the message, decides;
+    a confirmation that does not find our value goes on with attempts."""
     plan = RetryPlan("jobs", FixedIntervalStrategy(60, None))
     flow = _core.lock_flow(plan, None, listening=True)
     step = next(flow)
     assert isinstance(step, Attempt) and step.wait_ms > 0  # queued from the first attempt
     step = flow.send((AcquireResult(False, holder="other", ttl=30.0), None))
     assert isinstance(step, Sleep)
-    step = flow.send(42)  # a hand-over message (or a forged one)
-    assert isinstance(step, Attempt)  # confirmed by an attempt
+    step = flow.send(42)  # a forged message
+    assert isinstance(step, Confirm)
+    step = flow.send((AcquireResult(False, holder="other", ttl=30.0), None))
+    assert isinstance(step, Attempt)  # not ours: attempt as usual
+    assert plan.attempts == 1  # a failed confirmation is not an attempt
+    step = flow.send((AcquireResult(False, holder="other", ttl=30.0), None))
+    assert isinstance(step, Sleep)
+    assert isinstance(flow.send(43), Confirm)  # a real hand-over this time
     started = time.monotonic()
     with pytest.raises(StopIteration) as done:
         flow.send((AcquireResult(True, token=41, value="x"), None))
     result, counted_from = done.value.value
     assert result.token == 41  # Redis's token, not the message's
-    assert counted_from <= started + 0.001
+    assert started - 0.001 <= counted_from <= started  # from the confirmation's start
 
 
 def test_listen_is_not_a_hand_over() -> None:

@@ -273,7 +273,7 @@ async def test_a_departure_during_a_write_pause_leaves_no_orphaned_lease(
     if sync:
         quitting = asyncio.ensure_future(asyncio.to_thread(
             quitter_client.lock, "jobs", value="quitter", expiration=8, timeout=0.3,
-            retry=FixedIntervalStrategy(0.5, 1)))  # fmt: skip
+            retry=FixedIntervalStrategy(0.8, 2)))  # fmt: skip
     else:
         quitting = asyncio.ensure_future(
             aclient.lock("jobs", value="quitter", expiration=8, timeout=0.3)
