@@ -3,7 +3,8 @@
 from ._core import AcquireResult
 from ._version import __version__
 from .aio import AsyncAutoRefresh, AsyncLock, AsyncLockClient
-from .election import Clock, ElectionObserver, Elector, SystemClock, Term
+from .clock import Clock, SystemClock
+from .election import ElectionObserver, Elector, Term
 from .errors import (
     FailedToPreemptLockError,
     LockError,

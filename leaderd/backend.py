@@ -18,7 +18,7 @@ from .errors import LockNotHeldError, MaxRetryError
 from .strategy import RetryStrategy
 
 if TYPE_CHECKING:
-    from .election import Clock
+    from .clock import Clock
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .election import Clock, Term
+from .clock import Clock
+from .election import Term
 
 #: Share of the remaining lease given to the child to exit after SIGTERM.
 GRACE_SHARE = 0.8

@@ -12,40 +12,18 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .backend import Attempt, Candidate, ElectionBackend, Holder, Lease, Request, RequestResult
+from .clock import Clock, SystemClock
+from .default_backend import election_backend
 from .errors import LockError, LockNotHeldError, MaxRetryError
 from .strategy import FixedIntervalStrategy, NonFixedIntervalStrategy, RetryStrategy
 
 if TYPE_CHECKING:
     from .aio import AsyncLockClient
-
-
-class Clock(Protocol):
-    """Monotonic time for deadlines, wall time for reports, and sleeping."""
-
-    def now(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clock: `time.monotonic` for every deadline, `time.time` only for display."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
 
 
 @dataclass
@@ -161,15 +139,6 @@ def timing(
     return refresh, renew
 
 
-def _backend(client: Any, election: str, clock: Clock) -> ElectionBackend:
-    """An `ElectionBackend` as given, or the Redis one around an `AsyncLockClient`."""
-    if hasattr(client, "transient") and hasattr(client, "renew"):
-        return client  # type: ignore[no-any-return]
-    from .redis_backend import RedisBackend
-
-    return RedisBackend(client, election, clock)
-
-
 def _retry_bound(retry: RetryStrategy) -> float:
     if isinstance(retry, NonFixedIntervalStrategy):
         return retry.max_interval
@@ -220,7 +189,7 @@ class Elector:
         #: bound of each Redis call; a refresh is also cut off at the term's deadline
         self.timeout = timeout if timeout is not None else min(refresh_interval, 2.0)
         self.clock: Clock = clock or SystemClock()
-        self.backend = _backend(client, election, self.clock)
+        self.backend = election_backend(client, election, self.clock)
         #: what the loop reports and retries: the backend's transport errors, LockError
         self._retryable: tuple[type[Exception], ...] = (*self.backend.transient, LockError)
         self.observers = list(observers)

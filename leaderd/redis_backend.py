@@ -26,7 +26,7 @@ from .errors import LockError
 from .strategy import RetryStrategy
 
 if TYPE_CHECKING:
-    from .election import Clock
+    from .clock import Clock
 
 
 def election_key(election: str) -> str:

@@ -24,7 +24,7 @@ import redis.asyncio
 from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
 from leaderd.backend import Candidate
-from leaderd.election import SystemClock
+from leaderd.clock import SystemClock
 from leaderd.redis_backend import RedisBackend, follow, parse_holder
 
 from .conftest import L1, listening_waiter, wait_for
