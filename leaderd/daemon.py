@@ -25,7 +25,7 @@ from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import LoopErrors, WatchHub, make_app, start_server
 from .logs import LogObserver, error_text, get_logger
-from .metrics import Metrics
+from .metrics import Metrics, disable_created_metrics
 from .statusfile import StatusFileWriter
 
 EXIT_OK, EXIT_CONFIG, EXIT_LOST, EXIT_RETRY = 0, 1, 3, 4
@@ -88,6 +88,7 @@ async def _start(
     client = async_client(target)
     stack.push_async_callback(client.aclose)
     e, out = cfg.election, cfg.outputs
+    disable_created_metrics()  # the documented series only, no *_created beside them
     metrics = Metrics(e.name)
     debug = out.log_level == "debug"
     observers: list[ElectionObserver] = [
@@ -208,7 +209,7 @@ async def _start_http(
 ) -> Any:
     assert cfg.outputs.http_host is not None
     try:
-        app = make_app(elector, metrics.registry, hub)
+        app = make_app(elector, metrics.render, hub)
         return await start_server(app, cfg.outputs.http_host,
                                   cfg.outputs.http_port, loop_errors=loop_errors)  # fmt: skip
     except OSError as exc:

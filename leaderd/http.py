@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .election import ElectionObserver, Elector
-from .metrics import CONTENT_TYPE, Registry
+from .metrics import CONTENT_TYPE
 
 #: A connection must deliver a complete request within this many seconds.
 HEADER_TIMEOUT = 5.0
@@ -131,11 +131,12 @@ def _event(status: dict[str, Any]) -> bytes:
 
 def make_app(
     elector: Elector,
-    registry: Registry,
+    render_metrics: Callable[[], bytes],
     hub: WatchHub | None = None,
     heartbeat: float = HEARTBEAT,
 ) -> App:
-    """The routes; /watch needs `hub`, an observer given to `elector` when it was built."""
+    """The routes; `render_metrics` renders /metrics; /watch needs `hub`, an observer given to
+    `elector` when it was built."""
 
     async def healthz(request: Request) -> Response:
         if elector.healthy():
@@ -151,7 +152,7 @@ def make_app(
         return json_response(elector.status())
 
     async def metrics(request: Request) -> Response:
-        return Response(200, registry.render(), CONTENT_TYPE)
+        return Response(200, render_metrics(), CONTENT_TYPE)
 
     async def watch(request: Request) -> Response | None:
         assert hub is not None and request.writer is not None

@@ -1,205 +1,165 @@
-"""Prometheus metrics of design.md section 3, fed by an `ElectionObserver`.
+"""Prometheus metrics of design.md section 3, through `prometheus_client`, fed by an
+`ElectionObserver`.
 
-Gauges whose truth depends on time (is_leader, lease_remaining) are computed at
-scrape time from the elector, never cached. The handful of counters, gauges and one
-histogram are rendered here in the Prometheus text format (0.0.4), with the
-standard `process_*` metrics from /proc: a client library would cost the sidecar
-2 MiB of memory for the same output.
+Gauges whose truth depends on time (is_leader, lease_remaining, eligible) are
+computed at scrape time from the elector, never cached. The daemon gives each
+elector a registry of its own, with the client's process collector (`process_*`);
+an application that runs `Elector` in-process puts them in its own registry:
+`Metrics("jobs", registry=prometheus_client.REGISTRY)`, given to the `Elector` as an
+observer. Several electors may share one registry (one label value each).
 """
 
 from __future__ import annotations
 
-import math
-import os
-import resource
-from collections.abc import Callable, Iterator
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client import disable_created_metrics as _disable_created
+from prometheus_client.exposition import generate_latest
 
 from ._version import __version__
 from .election import ElectionObserver, Elector, Term
 
+#: The text exposition format every Prometheus server reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "Metrics", "disable_created_metrics", "new_registry"]
+REFRESH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+@dataclass(frozen=True)
+class _Families:
+    """leaderd's metric families in one registry, shared by its electors."""
+
+    is_leader: Gauge
+    transitions: Counter
+    attempts: Counter
+    refreshes: Counter
+    refresh_duration: Histogram
+    eligible: Gauge
+    remaining: Gauge
+    token: Gauge
+    build_info: Gauge
+    k8s_errors: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> _Families:
+        one = ("election",)
+        return cls(
+            is_leader=Gauge(
+                "leaderd_is_leader",
+                "1 if this instance is the valid leader now",
+                one,
+                registry=registry,
+            ),
+            transitions=Counter(
+                "leaderd_leadership_transitions",
+                "Times this instance became or stopped being leader",
+                one,
+                registry=registry,
+            ),
+            attempts=Counter(
+                "leaderd_acquire_attempts",
+                "Acquire attempts by result",
+                ("election", "result"),
+                registry=registry,
+            ),
+            refreshes=Counter(
+                "leaderd_refresh",
+                "Lease refreshes by result",
+                ("election", "result"),
+                registry=registry,
+            ),
+            refresh_duration=Histogram(
+                "leaderd_refresh_duration_seconds",
+                "Duration of lease refresh calls",
+                one,
+                buckets=REFRESH_BUCKETS,
+                registry=registry,
+            ),
+            eligible=Gauge(
+                "leaderd_eligible",
+                "1 if this candidate may lead now (its app is healthy, it has not resigned)",
+                one,
+                registry=registry,
+            ),
+            remaining=Gauge(
+                "leaderd_lease_remaining_seconds",
+                "Seconds this leadership stays valid without another refresh (0 if not leader)",
+                one,
+                registry=registry,
+            ),
+            token=Gauge(
+                "leaderd_fencing_token",
+                "Fencing token of the current or last term",
+                one,
+                registry=registry,
+            ),
+            build_info=Gauge(
+                "leaderd_build_info",
+                "leaderd build information (always 1)",
+                ("election", "version"),
+                registry=registry,
+            ),
+            k8s_errors=Counter(
+                "leaderd_k8s_errors", "Failed Kubernetes API calls", one, registry=registry
+            ),
+        )
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
 
 
-class Family:
-    """One metric name: its help, type and samples (label values -> value or function)."""
-
-    def __init__(self, name: str, help: str, kind: str, labels: tuple[str, ...]) -> None:
-        self.name, self.help, self.kind, self.labels = name, help, kind, labels
-        self.values: dict[tuple[str, ...], float | Callable[[], float]] = {}
-
-    def _labels(self, values: tuple[str, ...], extra: str = "") -> str:
-        pairs = [f'{k}="{_escape(v)}"' for k, v in zip(self.labels, values, strict=True)]
-        if extra:
-            pairs.append(extra)
-        return "{" + ",".join(pairs) + "}" if pairs else ""
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        for values, value in self.values.items():
-            number = value() if callable(value) else value
-            yield f"{self.name}{self._labels(values)} {_number(number)}"
+def _families(registry: CollectorRegistry) -> _Families:
+    families = _FAMILIES.get(registry)
+    if families is None:
+        families = _FAMILIES[registry] = _Families.create(registry)
+    return families
 
 
-class Counter:
-    """A monotonically increasing sample of a `Family`."""
-
-    def __init__(self, family: Family, values: tuple[str, ...]) -> None:
-        self.family, self.key = family, values
-        family.values[values] = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.family.values[self.key] = float(self.family.values[self.key]) + amount  # type: ignore[arg-type]
-
-    def get(self) -> float:
-        return float(self.family.values[self.key])  # type: ignore[arg-type]
+def disable_created_metrics() -> None:
+    """No `*_created` series beside the documented ones (the daemon's own process)."""
+    untyped: Any = _disable_created  # untyped in prometheus_client
+    untyped()
 
 
-class Gauge(Counter):
-    """A sample that is set, or computed by a function at every scrape."""
-
-    def set(self, value: float) -> None:
-        self.family.values[self.key] = float(value)
-
-    def set_function(self, function: Callable[[], float]) -> None:
-        self.family.values[self.key] = function
-
-
-class Histogram(Family):
-    """Cumulative buckets, sum and count of observations (one label set)."""
-
-    def __init__(self, name: str, help: str, labels: dict[str, str], buckets: tuple[float, ...]):
-        super().__init__(name, help, "histogram", tuple(labels))
-        self.label_values = tuple(labels.values())
-        self.bounds = (*buckets, math.inf)
-        self.counts = [0] * len(self.bounds)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.sum += value
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        total = 0
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            total += count
-            le = self._labels(self.label_values, f'le="{_number(bound)}"')
-            yield f"{self.name}_bucket{le} {_number(total)}"
-        plain = self._labels(self.label_values)
-        yield f"{self.name}_sum{plain} {_number(self.sum)}"
-        yield f"{self.name}_count{plain} {_number(total)}"
-
-
-class Registry:
-    """The metric families of one process, rendered in registration order."""
-
-    def __init__(self) -> None:
-        self.families: list[Family] = []
-
-    def family(self, name: str, help: str, kind: str, labels: tuple[str, ...]) -> Family:
-        family = Family(name, help, kind, labels)
-        self.families.append(family)
-        return family
-
-    def render(self) -> bytes:
-        lines = [line for family in self.families for line in family.lines()]
-        return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def _process_metrics(registry: Registry) -> None:
-    """process_* as Prometheus client libraries export them (Linux /proc)."""
-    if not os.path.exists("/proc/self/stat"):
-        return
-    ticks = os.sysconf("SC_CLK_TCK")
-    page = resource.getpagesize()
-    with open("/proc/stat") as f:
-        boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
-
-    def stat() -> list[str]:
-        with open("/proc/self/stat", "rb") as f:
-            return f.read().split(b")")[-1].decode().split()
-
-    def value(name: str, help: str, kind: str, fn: Callable[[], float]) -> None:
-        Gauge(registry.family(name, help, kind, ()), ()).set_function(fn)
-
-    value("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-          "counter", lambda: (int(stat()[11]) + int(stat()[12])) / ticks)  # fmt: skip
-    value("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
-          lambda: float(stat()[20]))  # fmt: skip
-    value("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
-          lambda: float(int(stat()[21]) * page))  # fmt: skip
-    start = boot + int(stat()[19]) / ticks
-    value("process_start_time_seconds", "Start time of the process since unix epoch in "
-          "seconds.", "gauge", lambda: start)  # fmt: skip
-    value("process_open_fds", "Number of open file descriptors.", "gauge",
-          lambda: float(len(os.listdir("/proc/self/fd"))))  # fmt: skip
-    value("process_max_fds", "Maximum number of open file descriptors.", "gauge",
-          lambda: float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))  # fmt: skip
+def new_registry() -> CollectorRegistry:
+    """A registry of its own for the daemon, with the `process_*` metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    return registry
 
 
 class Metrics(ElectionObserver):
-    """All metrics for one elector, in their own registry (label `election`)."""
+    """The metrics of one elector (label `election`) in `registry` (default: a new
+    one with the process metrics); `render()` is the text exposition."""
 
-    def __init__(self, election: str, registry: Registry | None = None) -> None:
-        self.registry = r = registry or Registry()
-        self.label = label = election
-        one = ("election",)
-        self.is_leader = Gauge(r.family(
-            "leaderd_is_leader", "1 if this instance is the valid leader now", "gauge", one,
-        ), (label,))  # fmt: skip
-        self.transitions = Counter(r.family(
-            "leaderd_leadership_transitions_total",
-            "Times this instance became or stopped being leader", "counter", one,
-        ), (label,))  # fmt: skip
-        attempts = r.family("leaderd_acquire_attempts_total", "Acquire attempts by result",
-                            "counter", ("election", "result"))  # fmt: skip
-        self.attempts = {res: Counter(attempts, (label, res))
+    def __init__(self, election: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else new_registry()
+        self.label = election
+        f = self._f = _families(self.registry)
+        self.is_leader = f.is_leader.labels(election)
+        self.transitions = f.transitions.labels(election)
+        self.attempts = {res: f.attempts.labels(election, res)
                          for res in ("acquired", "held", "error")}  # fmt: skip
-        refreshes = r.family("leaderd_refresh_total", "Lease refreshes by result", "counter",
-                             ("election", "result"))  # fmt: skip
-        self.refreshes = {res: Counter(refreshes, (label, res)) for res in ("ok", "lost", "error")}
-        self.refresh_duration = Histogram(
-            "leaderd_refresh_duration_seconds", "Duration of lease refresh calls",
-            {"election": label},
-            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )  # fmt: skip
-        r.families.append(self.refresh_duration)
-        self.eligible = Gauge(r.family(
-            "leaderd_eligible",
-            "1 if this candidate may lead now (its app is healthy, it has not resigned)",
-            "gauge", one,
-        ), (label,))  # fmt: skip
-        self.remaining = Gauge(r.family(
-            "leaderd_lease_remaining_seconds",
-            "Seconds this leadership stays valid without another refresh (0 if not leader)",
-            "gauge", one,
-        ), (label,))  # fmt: skip
-        self.token = Gauge(r.family(
-            "leaderd_fencing_token", "Fencing token of the current or last term", "gauge", one,
-        ), (label,))  # fmt: skip
-        Gauge(r.family("leaderd_build_info", "leaderd build information (always 1)", "gauge",
-                       ("election", "version")), (label, __version__)).set(1)  # fmt: skip
-        _process_metrics(r)
-        self.k8s_errors = Counter(r.family(
-            "leaderd_k8s_errors_total", "Failed Kubernetes API calls", "counter", one,
-        ), (label,))  # fmt: skip
+        self.refreshes = {res: f.refreshes.labels(election, res) for res in ("ok", "lost", "error")}
+        self.refresh_duration = f.refresh_duration.labels(election)
+        self.eligible = f.eligible.labels(election)
+        self.remaining = f.remaining.labels(election)
+        self.token = f.token.labels(election)
+        f.build_info.labels(election, __version__).set(1)
+        self.k8s_errors = f.k8s_errors.labels(election)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
 
     def bind(self, elector: Elector) -> None:
         """Gauges whose truth depends on time are evaluated at scrape time."""

@@ -17,7 +17,6 @@ from devtools.devserver import RedisServer, free_port
 from leaderd import AsyncLockClient, ElectionObserver, Elector, FixedIntervalStrategy, Term
 from leaderd.backend import MemoryBackend, MemoryStore
 from leaderd.http import WatchHub, make_app, start_server
-from leaderd.metrics import Registry
 from leaderd.redis_backend import follow
 
 from .daemons import REPO, Daemon, leaderd_cmd, poll
@@ -127,7 +126,7 @@ def test_watch_prints_plain_lines_follows_an_expiry_and_survives_a_redis_restart
 # -- /watch -------------------------------------------------------------------------------
 async def _serve(hub: WatchHub, elector: Elector, heartbeat: float) -> tuple[Any, int]:
     port = free_port()
-    app = make_app(elector, Registry(), hub, heartbeat=heartbeat)
+    app = make_app(elector, lambda: b"", hub, heartbeat=heartbeat)
     return await start_server(app, "127.0.0.1", port), port
 
 
