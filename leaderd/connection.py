@@ -10,6 +10,7 @@ rotated Secret reaches new connections without a restart.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -21,8 +22,32 @@ import redis.asyncio
 from redis.credentials import CredentialProvider
 
 SCHEMES = ("redis", "rediss", "unix")
-#: Query-string parameters that carry a secret and are masked wherever a URL is shown.
+#: Query-string parameters that carry a secret and are masked wherever a URL is shown
+#: (and any whose name contains one of these, e.g. `ssl_password`).
 SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "auth"})
+#: A user and password before the last `@` of the authority, found without parsing: a
+#: password with an unencoded `#`, `?` or `/` would end the authority for urlsplit.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^:/?#@]*):(.*)@")
+
+
+def _secret_param(name: str) -> bool:
+    name = name.lower()
+    return any(secret in name for secret in SECRET_PARAMS)
+
+
+def _connection_params(scheme: str) -> frozenset[str]:
+    """The query parameters redis-py can pass to the connection class of `scheme`."""
+    classes = {"redis": redis.connection.Connection, "rediss": redis.connection.SSLConnection,
+               "unix": redis.connection.UnixDomainSocketConnection}  # fmt: skip
+    names: set[str] = set(getattr(redis.connection, "URL_QUERY_ARGUMENT_PARSERS", {}))
+    for cls in classes.get(scheme, redis.connection.Connection).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names.update(p.name for p in inspect.signature(init).parameters.values()
+                     if p.kind in kinds and p.name != "self")  # fmt: skip
+    return frozenset(names)
 
 
 class URLError(ValueError):
@@ -67,6 +92,7 @@ class PasswordFile(CredentialProvider):
 
 def redact_url(url: str) -> str:
     """`url` with the password masked, in the authority and in the query string."""
+    url = _USERINFO.sub(r"\1\2:***@", url, count=1)  # before parsing: see _USERINFO
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
@@ -77,9 +103,9 @@ def redact_url(url: str) -> str:
         query = parts.query
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*/:"
-            )
+            query = urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*/:")
+        if netloc == parts.netloc and query == parts.query:
+            return url  # nothing to mask (urlsplit would turn unix:/// into unix:/)
         return parts._replace(netloc=netloc, query=query).geturl()
     except ValueError:
         # Unparseable: show the scheme and nothing that could be a secret.
@@ -103,11 +129,17 @@ def _valid_host(host: str) -> bool:
 def check_url(url: str, *, host_required: bool = True) -> None:
     """Raise `URLError` (one line, no secrets) unless redis-py can use `url`."""
     shown = redact_url(url)
+    userinfo = _USERINFO.match(url)
+    if userinfo is not None and re.search(r"[#?/]", userinfo.group(3)):
+        raise URLError(
+            f"{shown}: the password contains '#', '?' or '/'; percent-encode them in a URL "
+            "(%23, %3F, %2F) or use --redis-password-file"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise URLError(f"{shown} is not a valid URL ({exc})") from None
+        raise URLError(f"{shown} is not a valid URL ({_redacted_error(exc, url)})") from None
     if parts.scheme not in SCHEMES:
         raise URLError(f"{shown} must start with redis://, rediss:// or unix://")
     if parts.scheme == "unix":
@@ -122,8 +154,17 @@ def check_url(url: str, *, host_required: bool = True) -> None:
             raise URLError(f"{shown} has a port outside 1-65535")
         if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
             raise URLError(f"{shown}: the path must be a db number, e.g. redis://redis:6379/0")
+    known = _connection_params(parts.scheme)
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in known:
+            raise URLError(
+                f"{shown}: unknown query parameter {name[:40]!r} (redis-py's connection takes "
+                "e.g. socket_timeout, ssl_cert_reqs, client_name; TLS files have their own "
+                "--redis-tls-* flags)"
+            )
     try:
-        options = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        parse_url: Any = redis.connection.parse_url  # typed in some redis-py majors only
+        options = parse_url(url)
     except (ValueError, TypeError) as exc:
         raise URLError(f"{shown} cannot be used ({_redacted_error(exc, url)})") from None
     db = options.get("db", 0)
@@ -133,8 +174,12 @@ def check_url(url: str, *, host_required: bool = True) -> None:
 
 def _redacted_error(exc: BaseException, url: str) -> str:
     text = str(exc)
-    parts = urlsplit(url)
-    for secret in (parts.password, *[v for k, v in parse_qsl(parts.query) if k in SECRET_PARAMS]):
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text  # urlsplit's own errors ("Invalid IPv6 URL") quote no part of the URL
+    secrets = [v for k, v in parse_qsl(parts.query) if _secret_param(k)]
+    for secret in (parts.password, *secrets):
         if secret:
             text = text.replace(secret, "***").replace(unquote(secret), "***")
     return text

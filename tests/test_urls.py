@@ -122,3 +122,36 @@ def test_password_file_with_a_username_in_the_url(
             capture_output=True, text=True, timeout=20,
         )  # fmt: skip
         assert out.returncode == 0 and "pod-file" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "says"),
+    [
+        ("redis://u:pa#ss-w0rd@127.0.0.1:6379/0", "ss-w0rd", "percent-encode"),
+        ("redis://u:pa?ss-w0rd@127.0.0.1:6379/0", "ss-w0rd", "percent-encode"),
+        ("rediss://127.0.0.1:1/0?ssl_password=t0psecret", "t0psecret", "cannot read"),
+        ("redis://127.0.0.1:6379/0?foo=bar", None, "unknown query parameter 'foo'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_bad_or_secret_bearing_url_is_one_line_without_the_secret(
+    url: str, secret: str | None, says: str, command: str, tmp_path: Path
+) -> None:
+    args = ["--redis-url", url, "--election", "x", "--identity", "a", "--http-addr", ""]
+    if command == "status":
+        args = args[:4]
+    proc = subprocess.Popen(leaderd_cmd(command, *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    try:  # a valid URL: the daemon runs on (Redis is unreachable); its logs are read
+        stdout, stderr = proc.communicate(timeout=3 if command == "run" else 30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=10)
+        says = "redis_unavailable"
+    output = stdout + stderr
+    assert "Traceback" not in output and says in output, output
+    if secret is not None:
+        assert secret not in output
+    if says != "redis_unavailable":
+        assert proc.returncode == 1, output
+        assert len(stderr.strip().splitlines()) == 1, output
