@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from . import reaper
 from .clock import Clock
 from .election import Term
 
@@ -104,22 +105,51 @@ class ChildRunner:
         return self.exit_code
 
     async def _stop(self, proc: asyncio.subprocess.Process, grace: float) -> None:
-        """SIGTERM the command's tree, SIGKILL it when `grace` ends; wait until it is gone."""
+        """SIGTERM the command's tree, SIGKILL it when `grace` ends; wait until it is gone.
+
+        The reaper is sent SIGCONT with every request (a stopped reaper handles none);
+        if it still has not finished 2 s after the SIGKILL request (stopped again,
+        hung), leaderd kills every descendant it finds in /proc, and the reaper."""
         if proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        _signal(proc.pid, signal.SIGCONT)
+        _signal(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
             self.log.info("child_stopped", pid=proc.pid, signal="SIGTERM")
             return
         except TimeoutError:
             pass
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGHUP)  # the reaper SIGKILLs every descendant
+        _signal(proc.pid, signal.SIGCONT)
+        _signal(proc.pid, signal.SIGHUP)  # the reaper SIGKILLs every descendant
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 2.0)
-        except TimeoutError:  # the reaper itself is stuck: the group is what is left
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        except TimeoutError:  # the reaper is stopped or stuck: do its work ourselves
+            self.log.warning("child_reaper_unresponsive", pid=proc.pid)
+            for _ in range(100):  # bounded: a tree that forks as it dies gets more passes
+                tree = [pid for pid in reaper.descendants(proc.pid) if _alive(pid)]
+                for pid in tree:
+                    _signal(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                if not tree:
+                    break
+                await asyncio.sleep(0.01)
+            _signal(proc.pid, signal.SIGKILL)  # its zombies go to init
             await proc.wait()
         self.log.warning("child_killed", pid=proc.pid, grace_s=round(grace, 3))
+
+
+def _alive(pid: int) -> bool:
+    """Not exited (a zombie waits for its stopped parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
