@@ -21,7 +21,7 @@ from .child import GRACE_SHARE, ChildRunner
 from .config import RunConfig
 from .connection import async_client, diagnose, follow_primary
 from .credentials import CredentialReset
-from .election import LOSS_REASONS, ElectionObserver, Elector, Term
+from .election import ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import LoopErrors, WatchHub, make_app, start_server
 from .logs import LogObserver, error_text, get_logger
@@ -35,8 +35,15 @@ class SetupError(Exception):
     """An output could not start (already logged); the daemon exits 1."""
 
 
+#: Step-downs after which --exit-on-loss does not exit 3: the daemon's own shutdown
+#: (`stopped`) and, in exec mode, the command's own exit (`released`: its code is used).
+NOT_A_LOSS = frozenset({"stopped", "released"})
+
+
 class Stopper(ElectionObserver):
-    """Ends the daemon: on a signal (exit 0) or, with --exit-on-loss, on a loss (exit 3)."""
+    """Ends the daemon: on a signal (exit 0) or, with --exit-on-loss, after every
+    step-down it did not choose itself (exit 3): lost, deadline, app_unhealthy,
+    resigned, switchover, preempted."""
 
     def __init__(self, log: Any, exit_on_loss: bool) -> None:
         self.log = log
@@ -55,8 +62,8 @@ class Stopper(ElectionObserver):
             self.main.cancel()
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:
-        if self.exit_on_loss and reason in LOSS_REASONS:
-            self.stop(EXIT_LOST)
+        if self.exit_on_loss and reason not in NOT_A_LOSS:
+            self.stop(EXIT_LOST, f"stepped down ({reason}) with --exit-on-loss")
 
 
 async def run_daemon(cfg: RunConfig) -> int:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from devtools.devserver import RedisServer, free_port
@@ -273,6 +274,46 @@ def test_exit_on_loss_exits_3(redis_server: RedisServer, spawn: Callable[..., Da
     poll(lambda: d.ready() == 200)
     redis.Redis.from_url(redis_server.url).set(KEY, '{"identity":"x","token":1}', px=60_000)
     assert d.wait(5) == 3
+
+
+@pytest.mark.parametrize("reason", ["resigned", "switchover", "app_unhealthy"])
+def test_exit_on_loss_exits_3_after_every_step_down_but_its_own_shutdown(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], reason: str
+) -> None:
+    from .test_apphealth import FAST, TcpApp
+
+    app = TcpApp()
+    extra = ["--app-health-url", app.url, *FAST] if reason == "app_unhealthy" else []
+    d = spawn(redis_server.url, "pod-0", "--exit-on-loss", *extra)
+    d.wait_http()
+    poll(lambda: d.ready() == 200, 10)
+    url = ["--redis-url", redis_server.url, "--election", "jobs"]
+    if reason == "resigned":
+        done = subprocess.run(leaderd_cmd("resign", *url), capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    elif reason == "switchover":
+        other = spawn(redis_server.url, "pod-1")
+        other.wait_http()
+        poll(lambda: redis.Redis.from_url(redis_server.url).zcard(KEY + ":waiters") == 1, 10)
+        done = subprocess.run(leaderd_cmd("switchover", *url, "--to", "pod-1"),
+                              capture_output=True, timeout=30)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    else:
+        app.stop()
+    assert d.wait(10) == 3
+    stopping = [e for e in d.events() if e["event"] == "stopping"]
+    assert stopping and reason in str(stopping[-1]["reason"])
+    app.stop()
+
+
+def test_a_clean_stop_with_exit_on_loss_exits_0(
+    redis_server: RedisServer, spawn: Callable[..., Daemon]
+) -> None:
+    d = spawn(redis_server.url, "pod-0", "--exit-on-loss")
+    d.wait_http()
+    poll(lambda: d.ready() == 200, 10)
+    d.signal(signal.SIGTERM)
+    assert d.wait(10) == 0
 
 
 def test_retry_max_exhausted_exits_4(
