@@ -29,12 +29,21 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 ENDPOINTS = {"/healthz", "/readyz", "/status", "/metrics"}
 FLAG_ENVS = {o.env for o in RUN_OPTIONS} | {"POD_NAME", "POD_NAMESPACE", "POD_IP"}
 
+#: The one value every install must give: the image the user built and pushed.
+IMAGE = {"leaderd": {"image": {"repository": "registry.example.com/leaderd"}}}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "label": {"mode": "label"},
+    "readiness": {"mode": "readiness"},
     "label-events-native": {"mode": "label", "events": True, "leaderd": {"nativeSidecar": True}},
-    "readiness-native": {"leaderd": {"nativeSidecar": True}},
-    "events-only": {"events": True},
+    "readiness-native": {"mode": "readiness", "leaderd": {"nativeSidecar": True}},
+    "events-only": {"mode": "readiness", "events": True},
+    "trial-redis-strategy": {
+        "redis": {"deploy": True},
+        "updateStrategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+        },
+    },
     "app-health-priority": {
         "leaderd": {
             "priority": 5,
@@ -52,15 +61,31 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
+
+
+def render_files(values: dict[str, Any], image: bool = True) -> dict[str, str]:
     chart = helm.Chart.load(str(CHART))
-    out = chart.render(values, name="demo", namespace="team", is_install=True)
+    out: dict[str, str] = chart.render(merged(IMAGE, values) if image else values,
+                                       name="demo", namespace="team", is_install=True)  # fmt: skip
+    return out
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     docs = []
-    for path, text in out.items():
+    for path, text in render_files(values).items():
         if path.endswith(".txt"):
             continue
         docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
+
+
+def mode(values: dict[str, Any]) -> str:
+    return str(values.get("mode", "label"))  # label is the chart's default
 
 
 def containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,7 +106,7 @@ def validate(doc: dict[str, Any]) -> None:
 
 def test_chart_lints_clean() -> None:
     for values in VALUE_SETS.values():
-        report = helm.lint(str(CHART), values, strict=True)
+        report = helm.lint(str(CHART), merged(IMAGE, values), strict=True)
         errors = [m for m in report["messages"] if m["severity"] >= 2]
         assert not errors and not report["errors"], report
 
@@ -108,7 +133,7 @@ def test_sidecar_matches_the_daemon(name: str) -> None:
     for probe in ("readinessProbe", "livenessProbe"):
         get = c[probe]["httpGet"]
         assert get["path"] in ENDPOINTS and get["port"] == "leaderd-http"
-    label_mode = values.get("mode") == "label"
+    label_mode = mode(values) == "label"
     assert c["readinessProbe"]["httpGet"]["path"] == ("/healthz" if label_mode else "/readyz")
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert ("LEADERD_K8S_LABEL" in envs) == label_mode
@@ -128,14 +153,14 @@ def test_rbac_only_when_needed(name: str) -> None:
     values = VALUE_SETS[name]
     docs = render(values)
     kinds = {d["kind"] for d in docs}
-    needed = values.get("mode") == "label" or values.get("events", False)
+    needed = mode(values) == "label" or values.get("events", False)
     assert ({"ServiceAccount", "Role", "RoleBinding"} <= kinds) == needed
     assert not ({"ServiceAccount", "Role", "RoleBinding"} & kinds) or needed
     spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     if needed:
         role = next(d for d in docs if d["kind"] == "Role")
         verbs = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
-        assert (("pods", "patch") in verbs) == (values.get("mode") == "label")
+        assert (("pods", "patch") in verbs) == (mode(values) == "label")
         assert (("events", "create") in verbs) == values.get("events", False)
         assert spec["serviceAccountName"] == "demo-leaderd"
     else:
@@ -231,14 +256,14 @@ def test_pod_disruption_budget_lets_the_leader_go_and_protects_label_mode(source
     """3 replicas. Readiness mode: only the leader is Ready, and it can be evicted (a
     node drain never hangs). Label mode: all 3 are Ready; one may go, never two."""
     replicas = 3
-    for mode in ("readiness", "label"):
-        docs = render({"mode": mode}) if source == "chart" else _kustomize_overlay(mode)
+    for kind in ("readiness", "label"):
+        docs = render({"mode": kind}) if source == "chart" else _kustomize_overlay(kind)
         pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
         dep = next(d for d in docs if d["kind"] == "Deployment")
         pod_labels = dep["spec"]["template"]["metadata"]["labels"]
         for pdb in pdbs:  # each budget selects the workload's pods
             assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), source
-        if mode == "readiness":
+        if kind == "readiness":
             assert may_evict(pdbs, replicas, ready=1, pod_ready=True)  # the leader
             assert may_evict(pdbs, replicas, ready=1, pod_ready=False)  # a follower
         else:
@@ -253,6 +278,57 @@ def test_schema_rejects_bad_values() -> None:
                 {"leaderd": {"ttl": "ten"}, "redis": {"url": "redis://r"}}):  # fmt: skip
         with pytest.raises(helm.HelmError):
             chart.validate_schema(bad)
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [{"replicasCount": 2}, {"redis": {"ulr": "redis://r"}}, {"leaderd": {"imagee": {}}},
+     {"leaderd": {"appHealth": {"intreval": "1s"}}}, {"workload": {"image": {"repo": "x"}}},
+     {"updateStrategy": {"rollingUpdate": {"maxSurgee": 1}}}, {"service": {"prot": 80}}],
+)  # fmt: skip
+def test_schema_rejects_unknown_keys_at_every_level(typo: dict[str, Any]) -> None:
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema(merged(IMAGE, typo))
+
+
+def test_an_install_without_an_image_says_how_to_build_and_push_one() -> None:
+    with pytest.raises(helm.HelmError, match="make image"):
+        render_files({}, image=False)
+
+
+def test_defaults_are_label_mode_with_its_rbac_and_a_settable_update_strategy() -> None:
+    docs = render({})
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget"} <= kinds
+    assert "LEADERD_K8S_LABEL" in {e["name"] for e in sidecar(docs)["env"]}
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    docs = render({"updateStrategy": strategy})
+    assert next(d for d in docs if d["kind"] == "Deployment")["spec"]["strategy"] == strategy
+    assert "strategy" not in next(d for d in render({}) if d["kind"] == "Deployment")["spec"]
+
+
+def test_the_trial_redis_is_optional_and_used_when_deployed() -> None:
+    assert not [d for d in render({}) if "redis" in d["metadata"]["name"]]
+    docs = render({"redis": {"deploy": True}})
+    redis_docs = {d["kind"]: d for d in docs if d["metadata"]["name"] == "demo-leaderd-redis"}
+    assert set(redis_docs) == {"Deployment", "Service"}
+    env = {e["name"]: e.get("value") for e in sidecar(docs)["env"]}
+    assert env["LEADERD_REDIS_URL"] == "redis://demo-leaderd-redis:6379/0"
+    # the workload's Service and budget never select the Redis pod
+    pod_labels = redis_docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for doc in docs:
+        if doc["kind"] in ("Service", "PodDisruptionBudget") and doc is not redis_docs["Service"]:
+            selector = doc["spec"].get("selector", {})
+            selector = selector.get("matchLabels", selector)
+            assert not set(selector.items()) <= set(pod_labels.items())
+
+
+def test_readiness_mode_without_a_port_says_how_to_reach_the_leader() -> None:
+    notes = next(t for p, t in render_files({"mode": "readiness"}).items() if p.endswith(".txt"))
+    assert "workload.port" in notes
+    notes = next(t for p, t in render_files({}).items() if p.endswith(".txt"))
+    assert "workload.port is 0" not in notes
 
 
 def _kustomize_docs() -> list[tuple[Path, dict[str, Any]]]:

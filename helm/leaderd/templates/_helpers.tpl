@@ -41,7 +41,7 @@ seccompProfile:
 
 {{- define "leaderd.sidecar" -}}
 name: leaderd
-image: "{{ .Values.leaderd.image.repository }}:{{ .Values.leaderd.image.tag }}"
+image: "{{ required "leaderd.image.repository is required: build the image (make image IMAGE=REGISTRY/leaderd:TAG), push it, and --set leaderd.image.repository=REGISTRY/leaderd (see helm/leaderd/README.md)" .Values.leaderd.image.repository }}:{{ .Values.leaderd.image.tag }}"
 imagePullPolicy: {{ .Values.leaderd.image.pullPolicy }}
 {{- if .Values.leaderd.nativeSidecar }}
 restartPolicy: Always
@@ -57,7 +57,7 @@ env:
   - name: POD_NAMESPACE
     valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
   - name: LEADERD_REDIS_URL
-    value: {{ .Values.redis.url | quote }}
+    value: {{ include "leaderd.redisURL" . | quote }}
   - name: LEADERD_ELECTION
     value: {{ include "leaderd.election" . | quote }}
   - name: LEADERD_TTL
@@ -150,4 +150,14 @@ volumeMounts:
     mountPath: /var/run/secrets/leaderd/redis
     readOnly: true
 {{- end }}
+{{- end -}}
+
+{{- define "leaderd.redisURL" -}}
+{{- if .Values.redis.deploy -}}
+redis://{{ include "leaderd.fullname" . }}-redis:6379/0
+{{- else if .Values.redis.url -}}
+{{ .Values.redis.url }}
+{{- else -}}
+{{ fail "redis.url is required (or redis.deploy: true for a trial Redis)" }}
+{{- end -}}
 {{- end -}}
