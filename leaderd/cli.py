@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _control(args)
         if args.cmd == "watch":
             return _watch(args)
+        if "--" in argv and not command:
+            raise ConfigError("-- must be followed by a command: leaderd run [options] -- CMD ARGS")
         cfg = build_run_config(args, command)
     except ConfigError as exc:
         print(f"leaderd: error: {exc}", file=sys.stderr)

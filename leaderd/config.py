@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -451,9 +452,32 @@ def build_run_config(
         values.fail("preempt", "is not supported with --redis-cluster (a hand-over proves its "
                     "target alive by its pub/sub subscription, which leaderd has not there)",
                     "true")  # fmt: skip
+    if command:
+        _check_command(command, values.env.get("PATH", os.defpath))
     return RunConfig(redis, election, outputs, command=command,
                      exit_on_loss=bool(values["exit_on_loss"]),
                      app_health=_app_health(values))  # fmt: skip
+
+
+def _check_command(command: list[str], path: str) -> None:
+    """Exec mode's CMD must be runnable now, found as a shell would (PATH unless it
+    names a path), not only once this candidate first leads."""
+    name = command[0]
+    if name and shutil.which(name, path=path) is not None:
+        return
+    shown = repr(name[:200])
+    if "/" in name:
+        if not os.path.exists(name):
+            why = "does not exist"
+        elif os.path.isdir(name):
+            why = "is a directory"
+        else:
+            why = "is not executable (chmod +x it)"
+        raise ConfigError(f"the command after -- {shown} {why}")
+    raise ConfigError(
+        f"the command after -- {shown} is not an executable file on PATH ({path[:300]}): "
+        "give its full path or fix PATH"
+    )
 
 
 def _app_health(v: _Values) -> HealthCheck | None:

@@ -4,9 +4,11 @@ orphaned by a parent that exited."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,9 @@ import pytest
 import redis
 
 from devtools.devserver import RedisServer
+from leaderd.config import RUN_OPTIONS, ConfigError, build_run_config
 
-from .daemons import Daemon, poll
+from .daemons import Daemon, leaderd_cmd, poll
 
 KEY = "leaderd:{jobs}"
 _seq = itertools.count()
@@ -89,9 +92,53 @@ def test_nothing_outlives_a_step_down(
     poll(lambda: any(e["event"] in ("child_killed", "child_stopped") for e in d.events()), 5)
 
 
-def test_a_missing_command_is_reported_and_exits_127(
-    redis_server: RedisServer, spawn: Callable[..., Daemon]
+@pytest.mark.parametrize("kind", ["missing path", "not on PATH", "not executable", "directory",
+                                  "empty", "nothing after --"])  # fmt: skip
+def test_a_command_that_cannot_run_is_refused_at_start(tmp_path: Path, kind: str) -> None:
+    plain = tmp_path / "script.sh"
+    plain.write_text("#!/bin/sh\nexit 0\n")  # mode 0644: not executable
+    command = {
+        "missing path": ["/nonexistent/cmd"],
+        "not on PATH": ["no-such-command-for-leaderd", "arg"],
+        "not executable": [str(plain)],
+        "directory": [str(tmp_path)],
+        "empty": [""],
+        "nothing after --": [],
+    }[kind]
+    out = subprocess.run(
+        leaderd_cmd("run", "--redis-url", "redis://127.0.0.1:1", "--election", "e",
+                    "--http-addr", "", "--", *command),
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("leaderd: error: ")
+    assert "--" in out.stderr and "Traceback" not in out.stderr and "starting" not in out.stderr
+
+
+def test_a_command_found_via_path_is_accepted(tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "my-tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    ns = argparse.Namespace(**{o.dest: None for o in RUN_OPTIONS})
+    env = {"LEADERD_REDIS_URL": "redis://h", "LEADERD_ELECTION": "e",
+           "PATH": f"/nonexistent:{tool.parent}"}  # fmt: skip
+    assert build_run_config(ns, ["my-tool", "x"], env).command == ["my-tool", "x"]
+    with pytest.raises(ConfigError, match="not an executable file on PATH"):
+        build_run_config(ns, ["my-tool"], {**env, "PATH": "/nonexistent"})
+
+
+def test_a_command_gone_when_it_first_leads_is_reported_and_exits_127(
+    redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    d = spawn(redis_server.url, "pod-0", command=["/nonexistent/cmd"])
+    tool = tmp_path / "tool.sh"
+    tool.write_text("#!/bin/sh\nexec sleep 60\n")
+    tool.chmod(0o755)
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(KEY, '{"identity":"intruder","token":1}', px=60_000)  # fmt: skip
+    d = spawn(redis_server.url, "pod-0", command=[str(tool)])
+    d.wait_http()  # it passed the start-up check
+    tool.unlink()  # and the command is gone by the time it leads
+    r.delete(KEY)
     assert d.wait(10) == 127
     assert any(e["event"] == "child_start_failed" for e in d.events())
