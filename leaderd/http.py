@@ -2,24 +2,34 @@
 /watch streams the status (Server-Sent Events) to whoever follows the election.
 
 A small HTTP/1.1 server on asyncio streams (GET and HEAD, keep-alive, no request
-bodies): all a probe, Prometheus and `curl` need, at a fraction of a web framework's
-memory. Every handler asks the elector at the moment it answers, so a process that
-was frozen past its deadline answers 503 on /readyz as soon as it runs again. The
-server protects itself: a connection must send a whole request within a header
-timeout and is closed when idle; past the connection cap the oldest idle connection
-makes room, so a probe always gets in; accept() failures at the descriptor limit are
-logged once per change of state, never as a flood of tracebacks.
+bodies), its framing done by h11, the strict HTTP/1.1 state machine under uvicorn and
+httpcore: all a probe, Prometheus and `curl` need, at a fraction of a web framework's
+memory. Ambiguous framing (duplicate or invalid Content-Length, Transfer-Encoding,
+whitespace before a colon, obs-fold, a bare LF) gets 400 and the connection closes,
+so no proxy in front of it can disagree about where a request ends. Every handler
+asks the elector at the moment it answers, so a process that was frozen past its
+deadline answers 503 on /readyz as soon as it runs again. The server protects
+itself: a connection must send a whole request within a header timeout and is closed
+when idle; every connection counts against the cap (/watch streams too), and past it
+the oldest idle connection, else the oldest stream, makes room, so a probe always
+gets in; a /watch client that takes nothing for two heartbeats is dropped; accept()
+failures at the descriptor limit are logged once per change of state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import h11
 
 from .election import ElectionObserver, Elector
 from .metrics import CONTENT_TYPE
@@ -36,9 +46,16 @@ HEARTBEAT = 10.0
 WRITE_TIMEOUT = 5.0
 #: The status fields whose change makes a /watch event.
 WATCHED = ("role", "leader", "leader_address", "fencing_token", "eligible")
-#: Limits of a request: one line (request line or header), and the number of headers.
-MAX_LINE = 4096
+#: Limits of a request: its head (request line and headers), the number of headers, a
+#: body (read and ignored: GET has none).
+MAX_HEAD = 16384
 MAX_HEADERS = 64
+MAX_BODY = 4096
+#: A /watch heartbeat: a comment line, padded so that a client that reads nothing
+#: fills the (small) socket buffers within a few heartbeats and is noticed.
+HEARTBEAT_LINE = b": keep-alive" + b" " * 1024 + b"\n\n"
+#: The send buffer of a /watch connection: small, so a stalled reader shows soon.
+WATCH_SNDBUF = 4096
 JSON = "application/json; charset=utf-8"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -63,6 +80,7 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     writer: asyncio.StreamWriter | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the client left
+    conn: h11.Connection | None = None  # the connection's HTTP state (a stream writes on it)
 
 
 @dataclass
@@ -155,20 +173,28 @@ def make_app(
         return Response(200, render_metrics(), CONTENT_TYPE)
 
     async def watch(request: Request) -> Response | None:
-        assert hub is not None and request.writer is not None
+        assert hub is not None and request.writer is not None and request.conn is not None
         if len(hub.queues) >= hub.max_watchers:
             return json_response(
                 {"error": f"too many watchers (at most {hub.max_watchers})"}, status=503
             )
+        writer, conn = request.writer, request.conn
+        headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                   ("X-Accel-Buffering", "no"), ("Connection", "close")]  # fmt: skip
+        writer.write(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+        if request.method == "HEAD":  # the head only: no stream, no body
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            return None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WATCH_SNDBUF)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         hub.queues.add(queue)
         try:
-            writer = request.writer
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                         b"Connection: close\r\n\r\n")  # fmt: skip
-            await _follow(writer, queue, request.gone, heartbeat)
-        except (ConnectionError, TimeoutError):
+            await _follow(writer, conn, queue, request.gone, heartbeat)
+        except (ConnectionError, TimeoutError, h11.LocalProtocolError):
             pass  # the client went away or stopped reading: nothing to clean up but ours
         finally:
             hub.queues.discard(queue)
@@ -176,17 +202,21 @@ def make_app(
 
     async def _follow(
         writer: asyncio.StreamWriter,
+        conn: h11.Connection,
         queue: asyncio.Queue[dict[str, Any] | None],
         gone: asyncio.Event,
         beat: float,
     ) -> None:
-        """The current status, then one event per change, a comment when quiet."""
+        """The current status, then one event per change, a comment when quiet. A
+        client that took nothing for two heartbeats (the data of the one before is
+        still in our buffer) is dropped."""
         status: dict[str, Any] | None = elector.status()
         last = None
+        stalled = 0
         while status is not None and not gone.is_set():
             if watched(status) != last:
                 last = watched(status)
-                writer.write(_event(status))
+                writer.write(conn.send(h11.Data(data=_event(status))) or b"")
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             getting = asyncio.ensure_future(queue.get())
             leaving = asyncio.ensure_future(gone.wait())
@@ -201,7 +231,10 @@ def make_app(
             if getting in done:
                 status = getting.result()
             elif not done:
-                writer.write(b": keep-alive\n\n")
+                stalled = stalled + 1 if writer.transport.get_write_buffer_size() else 0
+                if stalled >= 2:
+                    raise TimeoutError("the watcher reads nothing")
+                writer.write(conn.send(h11.Data(data=HEARTBEAT_LINE)) or b"")
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
     routes: dict[str, Handler] = {
@@ -213,12 +246,13 @@ def make_app(
 
 
 class _Conn:
-    __slots__ = ("busy", "deadline", "lost", "transport")
+    __slots__ = ("busy", "deadline", "lost", "stream", "transport")
 
     def __init__(self, transport: asyncio.BaseTransport, deadline: float) -> None:
         self.transport = transport
         self.deadline = deadline
         self.busy = 0
+        self.stream = False  # a /watch stream: busy for as long as it lasts
         self.lost: asyncio.Event | None = None
 
 
@@ -245,9 +279,11 @@ class ConnectionGuard:
         self.accepted += 1
         if self.on_accept is not None:
             self.on_accept()
-        if len(self.conns) >= self.cap:
+        if len(self.conns) >= self.cap:  # every connection counts, streams too
             idle = next((c for c in self.conns.values() if not c.busy), None)
-            if idle is not None:  # the oldest idle connection makes room
+            if idle is None:  # else the oldest stream: a probe always gets in
+                idle = next((c for c in self.conns.values() if c.stream), None)
+            if idle is not None:
                 self.evicted += 1
                 self._close(idle)
         self.conns[transport] = _Conn(transport, time.monotonic() + self.header_timeout)
@@ -267,6 +303,12 @@ class ConnectionGuard:
         else:
             conn.lost = event
         return event
+
+    def streaming(self, transport: asyncio.BaseTransport | None) -> None:
+        """The connection now carries a stream (it may make room for a probe)."""
+        conn = self.conns.get(transport) if transport is not None else None
+        if conn is not None:
+            conn.stream = True
 
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
         conn = self.conns.get(transport) if transport is not None else None
@@ -305,45 +347,113 @@ class ConnectionGuard:
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, why: str = "") -> None:
+        super().__init__(why)
         self.status = status
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-    """One request's line and headers; None at a clean end of the connection."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise _BadRequest(400) from exc
-        return None
-    except asyncio.LimitOverrunError as exc:
-        raise _BadRequest(431) from exc
-    parts = line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest(400)
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    while True:
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _check_head(head: bytes) -> None:
+    """What h11 tolerates and a proxy in front may read otherwise: refused (400)."""
+    lines = head.split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise _BadRequest(400, "a bare LF or CR in the request head")
+    fields = lines[1:]
+    if len(fields) > MAX_HEADERS:
+        raise _BadRequest(431, "too many header fields")
+    names = []
+    for line in fields:
+        if line[:1] in (b" ", b"\t"):
+            raise _BadRequest(400, "obs-fold (a header line that continues the one before)")
+        names.append(line.split(b":", 1)[0].lower())
+    if names.count(b"content-length") > 1:
+        raise _BadRequest(400, "more than one Content-Length")
+    if b"transfer-encoding" in names:
+        raise _BadRequest(400, "Transfer-Encoding (GET takes no body)")
+
+
+class _Reader:
+    """One connection's requests, framed by h11 after `_check_head`."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.buffer = b""
+
+    async def next_request(self) -> Request | None:
+        """The next request (its body read and ignored); None at a clean end."""
+        while True:
+            match = _HEAD_END.search(self.buffer)
+            if match is not None:
+                break
+            if len(self.buffer) > MAX_HEAD:
+                raise _BadRequest(431, "request head too large")
+            chunk = await self.reader.read(4096)
+            if not chunk:
+                if self.buffer.strip():
+                    raise _BadRequest(400, "the connection ended inside a request")
+                return None
+            self.buffer += chunk
+        _check_head(self.buffer[: match.start()])
+        data, self.buffer = self.buffer, b""
         try:
-            raw = await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as exc:
-            raise _BadRequest(431) from exc
-        text = raw.decode("latin-1").strip()
-        if not text:
-            break
-        if len(headers) >= MAX_HEADERS or ":" not in text:
-            raise _BadRequest(431 if ":" in text else 400)
-        name, _, value = text.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if "transfer-encoding" in headers:
-        raise _BadRequest(501)
-    length = headers.get("content-length", "0")
-    if not length.isdigit() or int(length) > MAX_LINE:
-        raise _BadRequest(413 if length.isdigit() else 400)
-    if int(length):
-        await reader.readexactly(int(length))  # GET has no body: read and ignore it
-    return Request(method, target.split("?", 1)[0], version, headers)
+            self.conn.receive_data(data)
+            event = self.conn.next_event()
+            if not isinstance(event, h11.Request):
+                raise _BadRequest(400, "not a request")
+            request = Request(
+                event.method.decode("ascii", "replace"),
+                event.target.decode("latin-1").split("?", 1)[0],
+                "HTTP/" + event.http_version.decode("ascii", "replace"),
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
+                conn=self.conn,
+            )
+            body = 0
+            while True:  # GET has no body: a small one is read and ignored
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    chunk = await self.reader.read(4096)
+                    if not chunk:
+                        raise _BadRequest(400, "the connection ended inside a body")
+                    self.conn.receive_data(chunk)
+                    continue
+                if isinstance(event, h11.Data):
+                    body += len(event.data)
+                    if body > MAX_BODY:
+                        raise _BadRequest(413, "a request body is not expected")
+                    continue
+                break
+        except h11.RemoteProtocolError as exc:
+            raise _BadRequest(exc.error_status_hint, str(exc)) from exc
+        return request
+
+    def respond(self, request: Request, response: Response) -> bytes:
+        """The response's bytes (no body for HEAD; h11 decides keep-alive)."""
+        headers = [("Content-Type", response.content_type),
+                   ("Content-Length", str(len(response.body)))]  # fmt: skip
+        if request.headers.get("connection", "").lower() == "close":
+            headers.append(("Connection", "close"))
+        out = self.conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
+        if request.method != "HEAD":
+            out += self.conn.send(h11.Data(data=response.body)) or b""
+        return out + (self.conn.send(h11.EndOfMessage()) or b"")
+
+    def reusable(self) -> bool:
+        """Ready for the next request on this connection (keep-alive)."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
+    def refuse(self, bad: _BadRequest) -> bytes:
+        """A 400-class answer that closes the connection."""
+        body = json.dumps({"error": str(bad) or "bad request"}).encode()
+        head = (f"HTTP/1.1 {bad.status} {REASONS.get(bad.status, 'Bad Request')}\r\n"
+                f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n")  # fmt: skip
+        return head.encode("latin-1") + body
 
 
 async def _until_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
@@ -354,14 +464,6 @@ async def _until_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
     except (ConnectionError, OSError):
         pass
     gone.set()
-
-
-def _head(status: int, length: int, content_type: str, close: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-             f"Content-Type: {content_type}", f"Content-Length: {length}"]  # fmt: skip
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class HTTPServer:
@@ -381,12 +483,13 @@ class HTTPServer:
         transport = writer.transport
         self.guard.admit(transport)
         gone = self.guard.lost_event(transport)
+        requests = _Reader(reader)
         try:
             while not gone.is_set():
                 try:
-                    request = await _read_request(reader)
+                    request = await requests.next_request()
                 except _BadRequest as bad:
-                    writer.write(_head(bad.status, 0, JSON, close=True))
+                    writer.write(requests.refuse(bad))
                     break
                 if request is None:
                     break
@@ -394,25 +497,30 @@ class HTTPServer:
                 leaving = None
                 if request.path in self.app.streams:  # notice at once when the client leaves
                     leaving = asyncio.ensure_future(_until_eof(reader, gone))
+                    self.guard.streaming(transport)
                 self.guard.request_started(transport)
                 try:
-                    keep = await self._answer(request, writer)
+                    keep = await self._answer(request, requests, writer)
                 finally:
                     self.guard.request_done(transport)
                     if leaving is not None:
                         leaving.cancel()
                         await asyncio.wait({leaving})
-                if not keep or leaving is not None:
+                if not keep or leaving is not None or not requests.reusable():
                     break  # a stream's connection (read ahead for its end) is not reused
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away, or the guard closed the connection
+        except h11.LocalProtocolError:
+            pass  # a response that no longer fits the connection's state: end it
         finally:
             self.guard.forget(transport)
             writer.close()
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _answer(self, request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self, request: Request, requests: _Reader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Route and answer one request; False if the connection must end."""
         handler = self.app.routes.get(request.path)
         if request.method not in ("GET", "HEAD"):
@@ -423,15 +531,9 @@ class HTTPServer:
             response = await handler(request)
         if response is None:
             return False  # a stream: it wrote its own response, and ends the connection
-        close = request.headers.get("connection", "").lower() == "close" or (
-            request.version == "HTTP/1.0"
-            and request.headers.get("connection", "").lower() != "keep-alive"
-        )
-        body = b"" if request.method == "HEAD" else response.body
-        writer.write(_head(response.status, len(response.body), response.content_type, close))
-        writer.write(body)
+        writer.write(requests.respond(request, response))
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-        return not close
+        return True
 
     async def close(self) -> None:
         self.guard.close()
@@ -462,7 +564,7 @@ async def start_server(
         guard.on_accept = loop_errors.accepted
     server = HTTPServer(app, guard)
     server.server = await asyncio.start_server(
-        server.serve, host, port, reuse_address=True, backlog=128, limit=MAX_LINE
+        server.serve, host, port, reuse_address=True, backlog=128, limit=MAX_HEAD
     )
     return server
 
