@@ -115,7 +115,12 @@ def _reject_constant(name: str) -> float:
 
 
 class StatusFileWriter(ElectionObserver):
-    """Writes the status file on every change, off the election loop (in a thread)."""
+    """Writes the status file on every change, off the election loop (in a thread).
+
+    One write at a time: a write already running in its thread cannot be cancelled, so
+    `close` waits for it and only then writes the final status; no older write can
+    land after the last one.
+    """
 
     def __init__(self, path: str, log: Any) -> None:
         self.path = path
@@ -123,6 +128,7 @@ class StatusFileWriter(ElectionObserver):
         self._dirty = asyncio.Event()
         self._failing = False
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     def bind(self, elector: Elector) -> None:
         self.elector = elector
@@ -141,8 +147,10 @@ class StatusFileWriter(ElectionObserver):
             await self._write()
 
     async def _write(self) -> None:
+        status = self.elector.status()  # taken now: the newest state when the write starts
+        self._inflight = asyncio.ensure_future(asyncio.to_thread(write_status, self.path, status))
         try:
-            await asyncio.to_thread(write_status, self.path, self.elector.status())
+            await asyncio.shield(self._inflight)  # a cancelled caller leaves it to close()
         except OSError as exc:
             if not self._failing:
                 self.log.error("status_file_failed", path=self.path, error=exc.strerror or str(exc))
@@ -153,8 +161,12 @@ class StatusFileWriter(ElectionObserver):
             self._failing = False
 
     async def close(self) -> None:
-        """Stop the writer and write the final status once more."""
+        """Stop the writer, wait for a write still running, then write the final status."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
+        if self._inflight is not None:
+            await asyncio.wait({self._inflight})  # its outcome was the cancelled task's
+            if not self._inflight.cancelled():
+                self._inflight.exception()  # retrieved: an OSError here is superseded
         await self._write()

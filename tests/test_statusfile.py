@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from leaderd import statusfile
 from leaderd.config import ConfigError
-from leaderd.statusfile import check_status_file, write_status
+from leaderd.statusfile import StatusFileWriter, check_status_file, write_status
 
 from .daemons import leaderd_cmd
 from .test_config import config
@@ -136,3 +139,57 @@ def test_a_group_writable_directory_is_refused_unless_sticky(tmp_path: Path) -> 
     assert config(status_file=str(group_dir / "s.json")).outputs.status_file
     group_dir.chmod(0o755)
     assert config(status_file=str(group_dir / "s.json")).outputs.status_file
+
+
+class _Elector:
+    def __init__(self) -> None:
+        self.role = "follower"
+
+    def status(self) -> dict[str, Any]:
+        return {"role": self.role, "valid_until": None}
+
+
+class _Log:
+    def error(self, *args: Any, **kw: Any) -> None: ...
+    def info(self, *args: Any, **kw: Any) -> None: ...
+
+
+def test_close_waits_for_the_write_in_flight_then_writes_the_final_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write running in its thread when the daemon stops cannot be cancelled: it must
+    not land after the final one (the file ended `follower` in 2 of 5 SIGTERMs)."""
+    path = tmp_path / "s.json"
+    release, first_done = threading.Event(), threading.Event()
+    roles: list[str] = []
+
+    def slow_first(target: str, status: dict[str, Any]) -> None:
+        roles.append(status["role"])
+        if len(roles) == 1:
+            release.wait(10)  # still running in its thread when close() is called
+            write_status(target, status)
+            first_done.set()
+        else:
+            write_status(target, status)
+
+    monkeypatch.setattr(statusfile, "write_status", slow_first)
+
+    async def scenario() -> None:
+        elector = _Elector()
+        writer = StatusFileWriter(str(path), _Log())
+        writer.bind(elector)  # type: ignore[arg-type]
+        writer.start()
+        deadline = time.monotonic() + 5
+        while roles != ["follower"]:
+            assert time.monotonic() < deadline, roles
+            await asyncio.sleep(0.005)
+        elector.role = "stopped"
+        closing = asyncio.create_task(writer.close())
+        done, _ = await asyncio.wait({closing}, timeout=0.2)
+        assert not done, "close() returned while a write was still running"
+        release.set()
+        await asyncio.wait_for(closing, 10)
+        assert first_done.is_set() and roles == ["follower", "stopped"]
+
+    asyncio.run(scenario())
+    assert json.loads(path.read_text())["role"] == "stopped"
