@@ -56,10 +56,10 @@ class Stopper(ElectionObserver):
         if self.stopping:  # a second signal must not interrupt the orderly release
             return
         self.stopping = True
-        self.log.info("stopping", reason=why or "leadership lost", exit_code=code)
         self.code = code
         if self.main is not None:
-            self.main.cancel()
+            self.main.cancel()  # first: nothing (not even a failing log) may prevent it
+        self.log.info("stopping", reason=why or "leadership lost", exit_code=code)
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:
         if self.exit_on_loss and reason not in NOT_A_LOSS:

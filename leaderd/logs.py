@@ -4,17 +4,60 @@ and the observer that logs each change of state of an election once."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
 
 
+class SafeStream:
+    """The log stream: a line that cannot be written (the reader of a pipe went away,
+    a full disk) is dropped, never raised into the daemon, so logging can never stop an
+    election, a shutdown or the release of the lock.
+
+    After a broken pipe the stream's descriptor is pointed at /dev/null, so that nothing
+    else (another thread, the interpreter's last flush) writes into the dead pipe."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, BrokenPipeError | ValueError):
+            return  # e.g. ENOSPC: drop this line, try the next one
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
-    """Route structlog to `stream` (stderr) with ISO timestamps and the chosen format."""
+    """Route structlog to `stream` (stderr) with ISO timestamps and the chosen format;
+    a log line that cannot be written is dropped (`SafeStream`)."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -31,7 +74,7 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, SafeStream(stream or sys.stderr))),
         cache_logger_on_first_use=False,
     )
 

@@ -337,3 +337,31 @@ def test_http_port_in_use_is_a_clear_error(
     )  # fmt: skip
     assert out.returncode == 1
     assert "http_failed" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigterm_stops_and_releases_when_stderr_is_a_closed_pipe(
+    redis_server: RedisServer,
+) -> None:
+    """`leaderd run … 2>&1 | head -1`: once the reader is gone every log line is a
+    broken pipe; that must never keep SIGTERM from stopping the daemon and releasing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADERD_")}
+    proc = subprocess.Popen(
+        leaderd_cmd("run", "--redis-url", redis_server.url, "--election", "jobs",
+                    "--identity", "pod-0", "--ttl", "30s", "--http-addr", ""),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert b'"starting"' in proc.stdout.readline()  # like head -1 ...
+        proc.stdout.close()  # ... which then exits
+        r = redis.Redis.from_url(redis_server.url)
+        poll(lambda: b"pod-0" in (r.get(KEY) or b""), 10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert r.get(KEY) is None  # released at once, not left to expire in 30 s
+        r.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
