@@ -41,6 +41,9 @@ class ConfigError(Exception):
 #: Upper bound of every duration: Redis accepts it, and a crashed leader's lease cannot
 #: block an election for longer than a day because of a typo.
 MAX_DURATION = 24 * 3600.0
+#: Room left for one Redis round trip: the least refresh interval, and the least time
+#: between a refresh falling due and the renew deadline.
+MIN_ROUND_TRIP = 0.02
 #: Lower bound of the follower's retry intervals.
 MIN_RETRY_INTERVAL = 0.01
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
@@ -263,7 +266,8 @@ RUN_OPTIONS = [
     Option("--ttl", "LEADERD_TTL", "10s", "lease length in Redis",
            _duration(0.1, "must be at least 100ms")),
     Option("--refresh-interval", "LEADERD_REFRESH_INTERVAL", None,
-           "leader refresh period (default: ttl/3)", _duration()),
+           "leader refresh period (default: ttl/3); at least 20ms, and at least 20ms less "
+           "than --renew-deadline", _duration()),
     Option("--renew-deadline", "LEADERD_RENEW_DEADLINE", None,
            "leader steps down if no refresh succeeded for this long (default: ttl*2/3)",
            _duration()),
@@ -584,6 +588,16 @@ def _election_settings(v: _Values) -> ElectionSettings:
         rule = exc.rule.replace("renew_deadline (", "--renew-deadline (").replace(
             "ttl (", "--ttl (")  # fmt: skip
         v.fail(exc.setting, rule, text if source != "default" else f"{exc.value:g}s")
+    text = v.raw("refresh_interval")[0] or f"{refresh:g}s"
+    if refresh < MIN_ROUND_TRIP:
+        v.fail("refresh_interval", f"must be at least {MIN_ROUND_TRIP * 1000:g}ms: every Redis "
+               "call (a connect included) is bounded by min(refresh-interval, 2s), so a "
+               "shorter one leaves no room for a round trip and the candidate never leads",
+               text)  # fmt: skip
+    if renew - refresh < MIN_ROUND_TRIP:
+        v.fail("refresh_interval", f"must be at least {MIN_ROUND_TRIP * 1000:g}ms less than "
+               f"--renew-deadline ({renew:g}s): a refresh that starts on time needs room for "
+               "a Redis round trip before the leader steps down", text)  # fmt: skip
     retry_name, interval = v["retry"], v["retry_interval"]
     max_interval, retry_max = v["retry_max_interval"], v["retry_max"]
     max_retry = None if retry_max == 0 else retry_max

@@ -100,6 +100,14 @@ def test_flags_win_over_env() -> None:
         ({}, {"renew_deadline": "11s"}, "must be less than --ttl"),
         ({}, {"refresh_interval": "7s"}, "must be less than --renew-deadline"),
         ({}, {"ttl": "50ms"}, "at least 100ms"),
+        # A refresh needs room for a Redis round trip (1ms was accepted and never led).
+        ({}, {"refresh_interval": "1ms"},
+         "--refresh-interval (env LEADERD_REFRESH_INTERVAL)='1ms': must be at least 20ms"),
+        ({"LEADERD_REFRESH_INTERVAL": "0.015"}, {}, "must be at least 20ms"),
+        ({}, {"ttl": "1s", "refresh_interval": "660ms"},
+         "must be at least 20ms less than --renew-deadline (0.666667s)"),
+        ({}, {"refresh_interval": "2s", "renew_deadline": "2010ms"},
+         "'2s': must be at least 20ms less than --renew-deadline (2.01s)"),
         ({"LEADERD_REDIS_URL": ""}, {}, "--redis-url (env LEADERD_REDIS_URL): is required"),
         ({}, {"redis_url": "http://x"}, "must start with redis://"),
         ({}, {"redis_url": "redis://:hunter2@"}, "has no host"),
@@ -184,6 +192,13 @@ def test_sentinel_defaults_to_one_replica_ack_unless_set() -> None:
     assert config(**sentinel, min_replicas_ack="0").redis.min_replicas_ack == 0  # explicit: kept
     assert config(env={"LEADERD_MIN_REPLICAS_ACK": "2"}, **sentinel).redis.min_replicas_ack == 2
     assert config().redis.min_replicas_ack == 0
+
+
+def test_smallest_accepted_timings() -> None:
+    e = config(ttl="100ms").election  # the least ttl with its default timings
+    assert (e.refresh_interval, e.renew_deadline) == pytest.approx((0.1 / 3, 0.2 / 3))
+    e = config(refresh_interval="20ms", renew_deadline="40ms", ttl="100ms").election
+    assert (e.refresh_interval, e.renew_deadline) == pytest.approx((0.02, 0.04))
 
 
 def test_password_is_redacted() -> None:
