@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 import redis
@@ -40,6 +41,24 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+RUN_EPILOG = """\
+exit codes:
+  0      clean stop (SIGTERM/SIGINT: the child is stopped and the lock released)
+  1      configuration error (one line on stderr), or the HTTP address is in use
+  3      with --exit-on-loss: stepped down for any reason but its own shutdown
+         (lost, deadline, app_unhealthy, resigned, switchover, preempted)
+  4      --retry-max attempts failed
+  other  exec mode: the command's own exit code when it exits by itself
+
+Every option can also be set by the LEADERD_* environment variable shown in its
+help; a flag wins over its variable. The README's section "The daemon: leaderd run"
+lists them all with their defaults.
+"""
+
+#: What `leaderd run` says when words follow the options without `--` before them.
+SEPARATOR_HINT = "put -- before the command: leaderd run [options] -- CMD ARGS"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = new_parser("leaderd")
     parser.description = "Redis leader election sidecar and lock tool."
@@ -49,30 +68,58 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="contend for leadership; publish the role; "
         "optionally run `-- CMD ARGS` only while leader",
+        description=textwrap.fill(
+            "Contend for leadership of an election in Redis and publish the role (HTTP "
+            "/readyz, /status, /metrics, a status file, a pod label). With -- CMD ARGS, run "
+            "CMD only while this candidate leads: it is started on each new term and "
+            "stopped (SIGTERM, then SIGKILL after a grace period) on step-down.",
+            78,
+        ),
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog is a table
     )
     run.usage = "leaderd run [options] [-- CMD ARGS...]"
     add_run_options(run)
-    check = sub.add_parser("check", help="exit 0 iff a status file says this instance leads now")
-    check.add_argument("--status-file", required=True, metavar="FILE")
-    status = sub.add_parser("status", help="show the current leader of an election from Redis")
+    check = sub.add_parser(
+        "check", help="exit 0 iff a status file says this instance leads now",
+        description="Read the status file `leaderd run --status-file` writes and exit 0 only "
+        "if it says leader and its valid_until is still in the future (for exec probes); "
+        "exit 1 otherwise, with the reason on stdout.",
+    )  # fmt: skip
+    check.add_argument("--status-file", required=True, metavar="FILE",
+                       help="the status file of the leaderd run to check (the same path as "
+                            "its --status-file), e.g. /run/leaderd/status.json")  # fmt: skip
+    status = sub.add_parser(
+        "status", help="show the current leader of an election from Redis",
+        description="Show the current leader of an election as Redis holds it: identity, "
+        "fencing token, remaining lease and advertised address.",
+    )  # fmt: skip
     add_run_options(status, only=CONNECTION_OPTIONS | {"election"})
     status.add_argument("--json", action="store_true", help="print JSON")
     resign = sub.add_parser(
-        "resign", help="make the current leader step down and stay out for --hold-off"
-    )
+        "resign", help="make the current leader step down and stay out for --hold-off",
+        description="Ask the current leader to step down and release the lock; it stays "
+        "ineligible for --hold-off so that another candidate takes over. Exit 0 once it "
+        "stepped down within --wait, else 1.",
+    )  # fmt: skip
     add_run_options(resign, only=CONNECTION_OPTIONS | {"election"})
     resign.add_argument("--hold-off", default="30s", metavar="DURATION",
                         help="the old leader stays out this long [default: 30s]")  # fmt: skip
     _add_wait(resign)
     switch = sub.add_parser(
-        "switchover", help="make the current leader hand over to the live candidate --to ID"
-    )
+        "switchover", help="make the current leader hand over to the live candidate --to ID",
+        description="Ask the current leader to hand the lock directly to candidate --to, "
+        "which must be a live, eligible candidate of this election; no other candidate can "
+        "take it in between. Exit 0 once handed over within --wait, else 1.",
+    )  # fmt: skip
     add_run_options(switch, only=CONNECTION_OPTIONS | {"election"})
     switch.add_argument("--to", required=True, metavar="ID", help="the candidate to lead next")
     _add_wait(switch)
     watch = sub.add_parser(
-        "watch", help="follow an election from Redis: the leader, then one line per change"
-    )
+        "watch", help="follow an election from Redis: the leader, then one line per change",
+        description="Follow an election from Redis without being a candidate: the current "
+        "leader first, then one line per change of leader or term, until SIGINT/SIGTERM.",
+    )  # fmt: skip
     add_run_options(watch, only=CONNECTION_OPTIONS | {"election"})
     watch.add_argument("--json", action="store_true", help="print one JSON object per line")
     return parser
@@ -170,7 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options, command = _split_command(argv)
     try:
-        args = _parser().parse_args(join_negative_values(options))
+        parser = _parser()
+        args, extra = parser.parse_known_args(join_negative_values(options))
+        if extra:
+            if args.cmd == "run" and not extra[0].startswith("-"):
+                raise ConfigError(f"unexpected {extra[0][:80]!r}: {SEPARATOR_HINT}")
+            raise ConfigError(
+                f"unrecognized arguments: {' '.join(extra)[:200]} (see `leaderd {args.cmd} --help`)"
+            )
         if args.cmd == "check":
             from .statusfile import check_status_file
 

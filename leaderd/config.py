@@ -234,7 +234,8 @@ class Option:
 
 RUN_OPTIONS = [
     Option("--redis-url", "LEADERD_REDIS_URL", None,
-           "redis://, rediss:// (TLS) or unix:// URL of the Redis server (required)"),
+           "redis://, rediss:// (TLS) or unix:// URL of the Redis server (required unless "
+           "--sentinel)"),
     Option("--redis-password-file", "LEADERD_REDIS_PASSWORD_FILE", None,
            "file holding the Redis password (e.g. a mounted Secret); never logged",
            _password_file),
@@ -314,7 +315,10 @@ RUN_OPTIONS = [
     Option("--status-file", "LEADERD_STATUS_FILE", None,
            "JSON status file, replaced atomically on every change", _status_file),
     Option("--exit-on-loss", "LEADERD_EXIT_ON_LOSS", None,
-           "exit 3 after stepping down from leadership", _switch, is_switch=True),
+           "exit 3 after stepping down from leadership for any reason (lost, deadline, "
+           "app_unhealthy, resigned, switchover, preempted); not on its own shutdown "
+           "(SIGTERM/SIGINT: exit 0) nor when CMD exits by itself (exec mode: CMD's code)",
+           _switch, is_switch=True),
     Option("--k8s-label", "LEADERD_K8S_LABEL", None,
            "label this pod KEY=true while leader and KEY=false otherwise (needs POD_NAME)",
            _pattern(_LABEL, "must be a label key like leader or example.com/leader (name: "
@@ -529,6 +533,8 @@ def _redis_settings(v: _Values) -> RedisSettings:
     url = v["redis_url"] or ("redis://" if sentinels else None)  # Sentinel gives the host
     if not url:
         v.fail("redis_url", "is required, e.g. redis://redis:6379/0")
+    if not url.isprintable():  # never echoed: the error stays one line
+        v.fail("redis_url", "contains control characters (a newline or a tab?)")
     try:
         check_url(url, host_required=not sentinels)
     except URLError as exc:

@@ -160,6 +160,8 @@ def test_flags_win_over_env() -> None:
          "--app-health-successes (env LEADERD_APP_HEALTH_SUCCESSES)='x'"),
         # URLs are validated at start, without a traceback and without the secret.
         ({}, {"redis_url": "redis://[::1"}, "is not a valid URL"),
+        ({}, {"redis_url": "0\n0"}, "contains control characters"),
+        ({}, {"redis_url": "redis://:hunter2\t@h/0"}, "contains control characters"),
         ({}, {"redis_url": "redis://h:99999/0"}, "Port out of range"),
         ({}, {"redis_url": "redis://h:0/0"}, "port outside 1-65535"),
         ({}, {"redis_url": "redis://h/notadb"}, "--redis-url"),
@@ -271,3 +273,40 @@ def test_preempt_and_advertise_from_env_and_flags() -> None:
     assert e.advertise == "y:2" and e.preempt_delay == 0.5 and e.preempt is False
     default = config().election
     assert default.preempt is False and default.preempt_delay == 10.0 and default.advertise is None
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("run", "check", "status", "resign", "switchover", "watch"):
+        text = _help(capsys, cmd)
+        description = text.split("\n\n", 2)[1]  # between the usage and the options
+        assert not description.startswith("options:") and len(description) > 40, cmd
+    run = _help(capsys, "run")
+    exit_codes = run[run.index("exit codes:") :]
+    for code, meaning in (("0", "clean stop"), ("1", "configuration error"),
+                          ("3", "--exit-on-loss"), ("4", "--retry-max")):  # fmt: skip
+        assert f"\n  {code} " in exit_codes and meaning in exit_codes
+    assert "LEADERD_*" in exit_codes and "README" in exit_codes  # where the env is listed
+    flat = " ".join(run.split())
+    assert "(required unless --sentinel)" in flat
+    assert "--exit-on-loss exit 3 after stepping down from leadership for any reason" in flat
+    assert "resigned, switchover, preempted); not on its own shutdown" in flat
+    check = " ".join(_help(capsys, "check").split())
+    assert "--status-file FILE the status file of the leaderd run to check" in check
+
+
+def test_a_command_without_separator_gets_a_one_line_hint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--redis-url", "redis://h", "--election", "e", "sleep", "100"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("leaderd: error: unexpected 'sleep': put -- before the command: "
+                   "leaderd run [options] -- CMD ARGS\n")  # fmt: skip
+    assert main(["run", "--redis-url", "redis://h", "--bogus"]) == 1
+    assert "unrecognized arguments: --bogus (see `leaderd run --help`)" in capsys.readouterr().err
