@@ -38,6 +38,8 @@ class SetupError(Exception):
 #: Step-downs after which --exit-on-loss does not exit 3: the daemon's own shutdown
 #: (`stopped`) and, in exec mode, the command's own exit (`released`: its code is used).
 NOT_A_LOSS = frozenset({"stopped", "released"})
+#: With --exit-on-loss, the longest wait for the release after a step-down.
+RELEASE_WAIT = 10.0
 
 
 class Stopper(ElectionObserver):
@@ -51,6 +53,11 @@ class Stopper(ElectionObserver):
         self.code = EXIT_OK
         self.stopping = False
         self.main = asyncio.current_task()
+        self.elector: Elector | None = None
+        self._after_release: asyncio.Future[None] | None = None
+
+    def bind(self, elector: Elector) -> None:
+        self.elector = elector
 
     def stop(self, code: int = EXIT_OK, why: str = "") -> None:
         if self.stopping:  # a second signal must not interrupt the orderly release
@@ -62,8 +69,16 @@ class Stopper(ElectionObserver):
         self.log.info("stopping", reason=why or "leadership lost", exit_code=code)
 
     def on_stopped_leading(self, term: Term, reason: str) -> None:
-        if self.exit_on_loss and reason not in NOT_A_LOSS:
-            self.stop(EXIT_LOST, f"stepped down ({reason}) with --exit-on-loss")
+        if self.exit_on_loss and reason not in NOT_A_LOSS and self._after_release is None:
+            # observers hear of a chosen step-down before the lock is released or handed
+            # over: stop only once that is done, so the hand-over is never cut short
+            self._after_release = asyncio.ensure_future(self._stop_after_release(reason))
+
+    async def _stop_after_release(self, reason: str) -> None:
+        if self.elector is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.elector.wait_not_leading(), RELEASE_WAIT)
+        self.stop(EXIT_LOST, f"stepped down ({reason}) with --exit-on-loss")
 
 
 async def run_daemon(cfg: RunConfig) -> int:

@@ -285,6 +285,11 @@ class Elector:
         await self._not_leading.wait()
         return leading
 
+    async def wait_not_leading(self) -> None:
+        """Return once this candidate neither leads nor is giving its lease back: after a
+        step-down, once the release or hand-over has been sent."""
+        await self._not_leading.wait()
+
     def status(self) -> dict[str, Any]:
         """The status JSON of design.md: role, holder, token and validity, evaluated now."""
         now, wall = self.clock.now(), self.clock.wall()

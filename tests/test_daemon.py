@@ -303,6 +303,11 @@ def test_exit_on_loss_exits_3_after_every_step_down_but_its_own_shutdown(
     assert d.wait(10) == 3
     stopping = [e for e in d.events() if e["event"] == "stopping"]
     assert stopping and reason in str(stopping[-1]["reason"])
+    # it exits only once the lease is given back: released, or handed to pod-1
+    holder = redis.Redis.from_url(redis_server.url).get(KEY)
+    assert holder is None or b'"identity":"pod-1"' in holder
+    if reason == "switchover":
+        assert any(e["event"] == "handed_over" and e.get("handed") for e in d.events())
     app.stop()
 
 

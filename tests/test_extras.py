@@ -12,7 +12,7 @@ def test_the_library_depends_on_redis_only() -> None:
     assert [r.split(";")[0].replace(" ", "") for r in base] == ["redis>=5.3"]
     daemon = {r.split(";")[0].split(">")[0].strip() for r in requires("leaderd") or []
               if 'extra == "daemon"' in r}  # fmt: skip
-    assert daemon == {"structlog"}
+    assert daemon == {"structlog", "prometheus-client", "h11"}
 
 
 def test_importing_the_library_loads_no_daemon_dependency() -> None:

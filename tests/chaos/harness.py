@@ -370,7 +370,8 @@ class Chaos:
         report.terms = self.terms()
         # Redis data loss: a restart without persistence, or a failover to a replica
         # that may not have the last write (asynchronous replication).
-        restarts = [f.start for f in report.faults
+        # (a snapshot_restart loses its data at the restart, when the fault ends)
+        restarts = [f.end if f.kind == "snapshot_restart" else f.start for f in report.faults
                     if f.kind in ("redis_restart", "failover", "snapshot_restart")]  # fmt: skip
         for a_i, a in enumerate(report.terms):
             for b in report.terms[a_i + 1 :]:
@@ -432,7 +433,9 @@ class Chaos:
         colors = {"kill": "red", "stop": "purple", "redis_restart": "black", "failover": "blue",
                   "partition": "orange", "blackhole": "brown", "latency": "gold",
                   "app_500": "pink", "app_hang": "magenta", "app_closed": "grey",
-                  "resign": "cyan", "switchover": "teal"}  # fmt: skip
+                  "resign": "cyan", "switchover": "teal", "snapshot_restart": "dimgray",
+                  "psubscribe": "olive", "frozen_follower": "indigo",
+                  "pause_writes": "salmon"}  # fmt: skip
         for f in report.faults:
             y = lanes.get(f.target)
             if y is None:
@@ -440,7 +443,7 @@ class Chaos:
                            alpha=0.25)  # fmt: skip
             else:
                 ax.barh(y + 0.35, max(f.end - f.start, 0.05), left=f.start - t0, height=0.15,
-                        color=colors[f.kind])  # fmt: skip
+                        color=colors.get(f.kind, "lightgray"))  # fmt: skip
         ax.set_yticks(range(len(self.names)), self.names)
         ax.set_xlabel("seconds")
         ax.set_title(f"leaderd fault injection: {report.summary()}", fontsize=8)
