@@ -190,9 +190,38 @@ def control_key(key: str) -> str:
     return _helper_key(key, "control")
 
 
+#: The helper keys each lock has beside it (see `_helper_key`).
+HELPER_SUFFIXES = (FENCE_SUFFIX, "waiters", "waiting", "control")
+
+
 def check_key(key: str) -> None:
     if not isinstance(key, str) or not key:
         raise ValueError(f"lock key must be a non-empty string, got {key!r}")
+    owner = helper_of(key)
+    if owner is not None:
+        raise ValueError(
+            f"lock key {key[:200]!r} is a helper key of lock {owner[:200]!r} (its counter or "
+            "queue); pick another name"
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def helper_of(key: str) -> str | None:
+    """The lock whose helper key `key` is, if any: such a name cannot be a lock, or the
+    two would overwrite each other's data."""
+    for suffix in HELPER_SUFFIXES:
+        for sep in (":", "."):
+            if not key.endswith(sep + suffix):
+                continue
+            base = key[: -len(sep + suffix)]
+            if base.startswith("{") and sep == "." and base.endswith("}"):
+                candidates = [base[1:-1], base.split("}:", 1)[-1]]  # `{k}.s`, `{tag}:k.s`
+            else:
+                candidates = [base, base.split("}:", 1)[-1]]
+            for owner in candidates:
+                if owner and _helper_key(owner, suffix) == key:
+                    return owner
+    return None
 
 
 def check_expiration(expiration: float) -> int:
@@ -255,7 +284,8 @@ def acquire_args(
 ) -> tuple[list[str], list[str]]:
     """Keys and args of the acquire script; with `wait_ms` > 0 and a `member` (the
     caller listens for hand-overs), a caller that does not get the lock is queued with
-    `priority` (highest served first)."""
+    `priority` (highest served first); a `member` with `wait_ms` 0 is not queued, but
+    an earlier entry of it leaves the queue if this attempt wins."""
     keys = [key, fence_key(key), *helper_keys(key)]
     args = [value, str(px), "1" if embed_token else "0", str(wait_ms if member else 0),
             str(priority), member]  # fmt: skip

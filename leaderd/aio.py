@@ -197,8 +197,8 @@ class AsyncLockClient:
                     in_flight = True
                     try:
                         result = await self._acquire(key, value, px, timeout, embed_token,
-                                                     step.wait_ms, priority,
-                                                     member if queue else "")  # fmt: skip
+                                                     step.wait_ms if queue else 0, priority,
+                                                     member if queue or queued else "")  # fmt: skip
                         sent = (result, None)
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))

@@ -281,13 +281,15 @@ class LockClient:
                     queued = ""  # the winning attempt (or the hand-over) left the queue
                     return Lock(self, key, stored, expiration, token, started, embed_token)
                 if isinstance(step, _core.Attempt):
-                    member = ""
+                    member = queued  # queued earlier: a win takes the entry out
                     if waiter is not None and step.wait_ms:
                         member = queued = _core.queue_member(
                             waiter.listener, call, px, embed_token, value)  # fmt: skip
                     try:
+                        listening = waiter is not None and waiter.subscribed
                         sent = (self._acquire(key, value, px, timeout, embed_token,
-                                              step.wait_ms, priority, member), None)  # fmt: skip
+                                              step.wait_ms if listening else 0, priority,
+                                              member), None)  # fmt: skip
                     except redis.RedisError as exc:
                         sent = (None, _core.classify_attempt_error(exc))
                 elif isinstance(step, _core.Confirm):
@@ -393,13 +395,14 @@ class _Waiter:
                 msg = self.pubsub.get_message(timeout=max(0.0, left))
                 if msg is not None and msg.get("type") in ("message", b"message"):
                     data = msg.get("data")
-                    if not isinstance(data, str | bytes) or len(data) > _core.MAX_MESSAGE_BYTES:
-                        continue  # not one of ours: dropped unread
-                    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-                    wake = _core.parse_wake(text)
-                    if wake is not None and member and wake[1] == member:
-                        return wake[0]
-                elif left <= 0:
+                    if isinstance(data, str | bytes) and len(data) <= _core.MAX_MESSAGE_BYTES:
+                        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+                        wake = _core.parse_wake(text)
+                        if wake is not None and member and wake[1] == member:
+                            return wake[0]
+                # the deadline holds whatever arrives: a flood of other messages must not
+                # keep a waiter from its next attempt (the holder's expiry, a retry)
+                if time.monotonic() >= deadline:
                     return None
         except TRANSIENT:
             self.subscribed = False  # the caller attempts now and listens again

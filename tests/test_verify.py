@@ -22,7 +22,14 @@ import redis
 import redis.asyncio
 
 from devtools.devserver import RedisServer
-from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
+from leaderd import (
+    AsyncLockClient,
+    FailedToPreemptLockError,
+    FixedIntervalStrategy,
+    Lock,
+    LockClient,
+    _core,
+)
 from leaderd.backend import Candidate
 from leaderd.clock import SystemClock
 from leaderd.redis_backend import RedisBackend, follow, parse_holder
@@ -438,3 +445,69 @@ async def test_a_candidate_seeing_its_own_old_term_is_no_duplicate(
     elector._check_duplicate(holder)
     assert not elector.duplicate_identity
     await backend.release(lease, 1)
+
+
+# -- found by review: look-alike values, a message flood, helper keys as lock names ------
+def test_a_value_that_only_starts_like_ours_is_not_ours(client: LockClient, r: redis.Redis) -> None:
+    holder = client.try_lock("jobs", value='{"a":1,"token":5}', expiration=30, embed_token=True)
+    with pytest.raises(FailedToPreemptLockError):  # not "ours, extended to 1 ms"
+        client.try_lock("jobs", value='{"a":1}', expiration=0.001, embed_token=True)
+    assert r.pttl("jobs") > 20_000 and holder.is_valid()
+    holder.unlock()
+    plain = client.try_lock("jobs", value='{"a":1,"token":5}', expiration=30)  # no embedding
+    with pytest.raises(FailedToPreemptLockError):  # nor a plain value shaped like ours
+        client.try_lock("jobs", value='{"a":1}', expiration=5, embed_token=True)
+    assert plain.is_valid() and r.get("jobs") == b'{"a":1,"token":5}'
+
+
+def test_a_flood_of_junk_messages_does_not_keep_a_waiter_asleep(
+    client: LockClient, r: redis.Redis
+) -> None:
+    """Found by review: the sync waiter checked its deadline only when no message came."""
+    client.try_lock("jobs", expiration=1)  # held, never released: it expires
+    got: list[float] = []
+
+    def wait() -> None:
+        client.lock("jobs", value="w", expiration=5)
+        got.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    member = _queued_member(r)
+    channel = _core.waiter_channel("jobs", _listener_of(member))
+    expires = time.monotonic() + r.pttl("jobs") / 1000
+    flooder = redis.Redis(connection_pool=r.connection_pool)
+    stop = expires + 3.0
+    while time.monotonic() < stop and not got:  # a bounded flood, about 4 s at most
+        pipe = flooder.pipeline(transaction=False)
+        for _ in range(1000):
+            pipe.publish(channel, "1 x")
+        pipe.execute()
+    thread.join(5)
+    assert got, "the waiter never acquired the expired lock"
+    assert got[0] - expires < 1.0, f"it woke {got[0] - expires:.2f}s after the expiry"
+
+
+def test_a_waiter_keeps_its_deadline_with_messages_always_pending(r: redis.Redis) -> None:
+    """The same, deterministic: 100,000 junk messages wait on the socket before the wait
+    starts; it must end at its deadline, not after reading them all."""
+    from leaderd.lock import _Waiter
+
+    waiter = _Waiter(r, "jobs", 1.0, listener=L1)
+    try:
+        assert waiter.subscribed
+        pipe = r.pipeline(transaction=False)
+        for _ in range(100_000):
+            pipe.publish(_core.waiter_channel("jobs", L1), "1 x")
+        pipe.execute()
+        started = time.monotonic()
+        assert waiter.wait(0.05, "member") is None
+        assert time.monotonic() - started < 0.5
+    finally:
+        waiter.close()
+
+
+@pytest.mark.parametrize("key", ["{jobs}.fence", "{jobs}.waiters", "leaderd:{jobs}:control"])
+def test_a_helper_key_cannot_be_a_lock(client: LockClient, key: str) -> None:
+    with pytest.raises(ValueError, match="is a helper key of lock"):
+        client.try_lock(key)

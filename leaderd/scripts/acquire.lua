@@ -7,6 +7,7 @@
 -- ARGV[4] > 0: the caller waits and listens; if it does not get the lock it is queued
 -- as member ARGV[6] ("<listener id>|<call>-<px>[t]|<value>", first arrival kept), so
 -- that a release hands the lock straight to it (release.lua).
+-- ARGV[6] with ARGV[4] == 0: not queued, but a win removes that earlier entry.
 -- ARGV[5]: the waiter's priority (-100..100). The queue is ordered by
 -- (100 - priority) * 1e13 + arrival number: highest priority first, FIFO among equals.
 -- ARGV[7] (with ARGV[3] == "1"): a channel on which a new term is announced (the
@@ -46,12 +47,12 @@ else
       redis.call('DEL', key)  -- refused: nothing was taken
       return token
     end
-    if wait_ms > 0 and member ~= '' then redis.call('ZREM', waiters, member) end
+    if member ~= '' then redis.call('ZREM', waiters, member) end  -- queued earlier
     return won(token, value)
   end
 end
 if current then
-  if holds(current, value, embed) then
+  if holds(current, value, embed, embed and redis.call('GET', fence)) then
     redis.call('PEXPIRE', key, px)
     if embed then  -- the token this term was given is in the value itself
       return {1, string.sub(current, #prefix + 1, -2), current}
@@ -68,7 +69,7 @@ local token = next_token(fence)
 if type(token) == 'table' then return token end  -- an error reply; nothing was written
 local stored = stored_value(value, embed, token)
 redis.call('SET', key, stored, 'PX', px)
-if wait_ms > 0 and member ~= '' then
+if member ~= '' then
   redis.call('ZREM', waiters, member)  -- it was free (an expiry): leave the queue
 end
 return won(token, stored)

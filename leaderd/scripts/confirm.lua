@@ -8,7 +8,7 @@
 -- Cost: MGET, PEXPIRE.
 local got = redis.call('MGET', KEYS[1], KEYS[2])
 local current, embed = got[1], ARGV[3] == '1'
-if current and holds(current, ARGV[1], embed) then
+if current and holds(current, ARGV[1], embed, got[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   if embed then
     local prefix = string.sub(ARGV[1], 1, -2) .. ',"token":'

@@ -21,10 +21,18 @@ local function parse_member(member)
   return {listener = listener, px = px, embed = embed, value = value}
 end
 
--- Whether the lock's current value is `value`'s (with an embedded token: any token).
-local function holds(current, value, embed)
-  if current == value then return true end
-  if not embed then return false end
+-- Whether the lock's current value is `value`'s. With an embedded token: `value` with
+-- exactly ',"token":<counter>}' appended, where <counter> is the fencing counter's
+-- value `counter` (no token was issued since, or the key would hold another value),
+-- so neither another holder's value that merely starts the same nor a plain value
+-- shaped like an embedded one is taken for ours (unless the counter is gone or garbage).
+local function holds(current, value, embed, counter)
+  if not embed then return current == value end
   local prefix = string.sub(value, 1, -2) .. ',"token":'
-  return string.sub(current, 1, #prefix) == prefix
+  if string.sub(current, 1, #prefix) ~= prefix then return false end
+  local token = string.match(string.sub(current, #prefix + 1), '^(%d+)}$')
+  if token == nil then return false end
+  -- a counter that is gone or garbage (deleted or overwritten by hand) proves nothing
+  -- either way: the exact shape must do
+  return token == counter or not (counter and string.match(counter, '^%d+$'))
 end

@@ -32,7 +32,8 @@ if leaving ~= '' then
   local entry = parse_member(leaving)
   if not entry then return 0 end
   local current = redis.call('GET', key)
-  if not current or not holds(current, entry.value, entry.embed) then return 0 end
+  local counter = entry.embed and redis.call('GET', fence)
+  if not current or not holds(current, entry.value, entry.embed, counter) then return 0 end
   queued = redis.call('GET', flag)  -- handed to us as we gave up: pass it on
 else
   local got = redis.call('MGET', key, flag)
