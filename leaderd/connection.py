@@ -35,19 +35,26 @@ def _secret_param(name: str) -> bool:
     return any(secret in name for secret in SECRET_PARAMS)
 
 
+def _class_params(cls: type) -> set[str]:
+    names: set[str] = set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(p.name for p in inspect.signature(init).parameters.values()
+                         if p.kind in kinds and p.name != "self")  # fmt: skip
+    return names
+
+
 def _connection_params(scheme: str) -> frozenset[str]:
-    """The query parameters redis-py can pass to the connection class of `scheme`."""
-    classes = {"redis": redis.connection.Connection, "rediss": redis.connection.SSLConnection,
-               "unix": redis.connection.UnixDomainSocketConnection}  # fmt: skip
-    names: set[str] = set(getattr(redis.connection, "URL_QUERY_ARGUMENT_PARSERS", {}))
-    for cls in classes.get(scheme, redis.connection.Connection).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        names.update(p.name for p in inspect.signature(init).parameters.values()
-                     if p.kind in kinds and p.name != "self")  # fmt: skip
-    return frozenset(names)
+    """The query parameters redis-py can pass to the connection class of `scheme`, in
+    both its sync and asyncio clients (the daemon uses the one, `status` the other)."""
+    sync, aio = redis.connection, redis.asyncio.connection
+    name = {"rediss": "SSLConnection", "unix": "UnixDomainSocketConnection"}.get(
+        scheme, "Connection"
+    )
+    accepted = _class_params(getattr(sync, name)) & _class_params(getattr(aio, name))
+    return frozenset(accepted | set(getattr(sync, "URL_QUERY_ARGUMENT_PARSERS", {})))
 
 
 class URLError(ValueError):

@@ -129,7 +129,8 @@ def test_password_file_with_a_username_in_the_url(
     [
         ("redis://u:pa#ss-w0rd@127.0.0.1:6379/0", "ss-w0rd", "percent-encode"),
         ("redis://u:pa?ss-w0rd@127.0.0.1:6379/0", "ss-w0rd", "percent-encode"),
-        ("rediss://127.0.0.1:1/0?ssl_password=t0psecret", "t0psecret", "cannot read"),
+        # redis-py 5.3's asyncio client has no ssl_password: refused there, used on 8
+        ("rediss://127.0.0.1:1/0?ssl_password=t0psecret", "t0psecret", ""),
         ("redis://127.0.0.1:6379/0?foo=bar", None, "unknown query parameter 'foo'"),
     ],
 )
