@@ -214,12 +214,13 @@ class AsyncLockClient:
                 else:  # woken by a hand-over to this call's queue entry, or at `until`
                     until = step.until
                     # the connection broke: listen again (the queue entry stays); until
-                    # that works, attempt every second
-                    if (
-                        listened
-                        and not self.subscription.listening(channel)
-                        and not await self.subscription.listen(channel, timeout)
-                    ):
+                    # that works, attempt every second. Listening again, attempt at once:
+                    # a release while nobody listened dropped our entry (NUMSUB found
+                    # nobody) and told us nothing.
+                    if listened and not self.subscription.listening(channel):
+                        if await self.subscription.listen(channel, timeout):
+                            sent = None
+                            continue
                         until = min(until, time.monotonic() + _core.RELISTEN_SECONDS)
                     sent = await self.subscription.handed(
                         channel, until - time.monotonic(), member)  # fmt: skip

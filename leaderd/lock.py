@@ -309,6 +309,9 @@ class LockClient:
                         waiter = self._listener(key, timeout, create=True, listener_id=listener)
                         if waiter is None:
                             until = min(until, time.monotonic() + _core.RELISTEN_SECONDS)
+                        else:  # listening again: attempt at once (a release while nobody
+                            sent = None  # listened dropped our entry and told us nothing)
+                            continue
                     sent = self._wait(until, waiter, queued)
         finally:
             if queued:  # gave up (or was interrupted) while queued: leave the queue

@@ -180,7 +180,7 @@ async def test_a_waiter_whose_subscription_broke_listens_again_and_is_handed_the
     sync: bool, client: LockClient, aclient: AsyncLockClient, r: redis.Redis
 ) -> None:
     holder = client.try_lock("jobs", expiration=30)
-    retry = FixedIntervalStrategy(30, 3)  # its own retries are far away
+    retry = FixedIntervalStrategy(30, 10)  # its own retries are far away
     if sync:
         waiting = asyncio.ensure_future(asyncio.to_thread(
             client.lock, "jobs", value="v", expiration=5, retry=retry))  # fmt: skip
