@@ -63,10 +63,10 @@ test-compat:
 pins:
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
 	rm -rf .venv-pins && $(PYTHON) -m venv .venv-pins
-	.venv-pins/bin/python -m pip install --quiet --upgrade pip
+	.venv-pins/bin/python -m pip install --quiet --upgrade pip setuptools  # setuptools: the build backend
 	.venv-pins/bin/python -m pip install --quiet -e '.[daemon,test,bench,k8s,chart]'
 	{ sed -n '1,/^$$/p' $(CONSTRAINTS); .venv-pins/bin/python -m pip freeze --all \
-	  | grep -v -e '^-e' -e '^#' -e '^leaderd' -e '^setuptools=='; } > $(CONSTRAINTS).new
+	  | grep -v -e '^-e' -e '^#' -e '^leaderd'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .venv-pins
 	@echo "pins refreshed: review 'git diff $(CONSTRAINTS)', then run 'make test'"
 
