@@ -122,24 +122,28 @@ class AsyncLockClient:
         member: str = "",
     ) -> AcquireResult:
         keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority, member)
-        try:
-            return _core.parse_acquire(await self._eval(_core.ACQUIRE, keys, args, timeout))
-        except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, key) from exc
-        except TimeoutError as exc:
-            raise redis.TimeoutError(f"acquire of {key!r} timed out after {timeout}s") from exc
+        return await self._attempt(_core.ACQUIRE, keys, args, timeout)
 
-    # -- API -------------------------------------------------------------------------
     async def _confirm(
         self, key: str, value: str, px: int, timeout: float | None, embed: bool
     ) -> AcquireResult:
         keys, args = _core.confirm_args(key, value, px, embed)
+        return await self._attempt(_core.CONFIRM, keys, args, timeout)
+
+    async def _attempt(
+        self, script: Script, keys: list[str], args: list[str], timeout: float | None
+    ) -> AcquireResult:
+        """Run the acquire or confirm script: its result, or a Redis error about the key."""
         try:
-            return _core.parse_acquire(await self._eval(_core.CONFIRM, keys, args, timeout))
+            return _core.parse_acquire(await self._eval(script, keys, args, timeout))
         except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, key) from exc
+            raise _core.map_response_error(exc, keys[0]) from exc
         except TimeoutError as exc:
-            raise redis.TimeoutError(f"confirm of {key!r} timed out after {timeout}s") from exc
+            raise redis.TimeoutError(
+                f"{script.name} of {keys[0]!r} timed out after {timeout}s"
+            ) from exc
+
+    # -- API -------------------------------------------------------------------------
 
     async def try_lock(
         self,

@@ -211,19 +211,22 @@ class LockClient:
         member: str = "",
     ) -> AcquireResult:
         keys, args = _core.acquire_args(key, value, px, embed, wait_ms, priority, member)
-        try:
-            return _core.parse_acquire(self._eval(_core.ACQUIRE, keys, args, timeout))
-        except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, key) from exc
+        return self._attempt(_core.ACQUIRE, keys, args, timeout)
 
     def _confirm(
         self, key: str, value: str, px: int, timeout: float | None, embed: bool
     ) -> AcquireResult:
         keys, args = _core.confirm_args(key, value, px, embed)
+        return self._attempt(_core.CONFIRM, keys, args, timeout)
+
+    def _attempt(
+        self, script: Script, keys: list[str], args: list[str], timeout: float | None
+    ) -> AcquireResult:
+        """Run the acquire or confirm script: its result, or a Redis error about the key."""
         try:
-            return _core.parse_acquire(self._eval(_core.CONFIRM, keys, args, timeout))
+            return _core.parse_acquire(self._eval(script, keys, args, timeout))
         except redis.ResponseError as exc:
-            raise _core.map_response_error(exc, key) from exc
+            raise _core.map_response_error(exc, keys[0]) from exc
 
     # -- API -------------------------------------------------------------------------
     def try_lock(
