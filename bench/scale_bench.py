@@ -121,7 +121,9 @@ class Fleet:
 def requests(r: redis.Redis) -> int:
     stats = r.info("commandstats")
     return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+        int(v["calls"])
+        for k, v in stats.items()
+        if k in ("cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval")
     )
 
 

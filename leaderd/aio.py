@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from . import _core, _wire
+from . import _core, _wire, functions
 from ._core import DEFAULT_RETRY, TRANSIENT, AcquireResult, AttemptHook, LockBase, Script
 from .errors import (
     LockError,
@@ -28,12 +28,19 @@ from .strategy import RetryStrategy
 class AsyncLockClient:
     """Acquires locks on one Redis through a `redis.asyncio.Redis` client."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, min_replicas: int = 0) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, *, min_replicas: int = 0, scripts: str = "auto"
+    ) -> None:
         """`min_replicas` > 0: every acquire and refresh also waits (WAIT, pipelined on
         the same connection, within the call's timeout) until that many replicas have
-        the write, else it fails with `NotReplicatedError`."""
+        the write, else it fails with `NotReplicatedError`.
+
+        `scripts`: "auto" calls leaderd's Redis Functions library (FCALL), loading it if
+        it is missing and the user may, else runs EVAL if the user may; "functions" only
+        FCALL; "eval" only EVAL (Redis 6.2). See `leaderd.functions`."""
         self.redis = client
         self.min_replicas = _core.check_min_replicas(min_replicas)
+        self.scripts = functions.ScriptRunner(scripts)
         # One pub/sub connection for every wait of this client, its channels kept
         # between lock() calls: a returning waiter listens already, so it queues at its
         # first attempt. Queue entries carry this client's listener id.
@@ -79,36 +86,32 @@ class AsyncLockClient:
     ) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
-            client: Any = self.redis  # redis-py types these as sync-or-async
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis.ResponseError as exc:
-                if not _core.is_noscript(exc):
-                    raise
-                return await client.eval(script.source, len(keys), *keys, *args)
+            flow = self.scripts.flow(script, keys, args, 0, 0)
+            replies = await functions.arun_flow(
+                flow, functions.aclient_roundtrip(self.redis, keys[0])
+            )
+            return _core.script_reply(replies, keys[0], 0, 0)
+        flow = self.scripts.flow(script, keys, args, self.min_replicas, wait_ms)
         conn = await pool.get_connection()
-        try:
-            replies = await self._roundtrip(conn, "EVALSHA", script.sha, keys, args, wait_ms)
-            if _core.is_noscript_reply(replies[0]):
-                replies = await self._roundtrip(conn, "EVAL", script.source, keys, args, wait_ms)
-            return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
-        except redis.ResponseError:
-            raise
-        except BaseException:
-            # Cancelled or timed out mid-reply: the socket may hold a partial answer.
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+        in_sync = False
 
-    async def _roundtrip(
-        self, conn: Any, verb: str, body: str, keys: list[str], args: list[str], wait_ms: int
-    ) -> list[Any]:
-        """Send the script call (and WAIT, pipelined) and read every reply."""
-        commands = _core.script_commands(verb, body, keys, args, self.min_replicas, wait_ms)
-        await _wire.asend(conn, commands)
-        return await _wire.aread_all(conn, len(commands))
+        async def roundtrip(commands: list[functions.Command]) -> list[Any]:
+            nonlocal in_sync
+            in_sync = False
+            await _wire.asend(conn, commands)
+            replies = await _wire.aread_all(conn, len(commands))
+            in_sync = True
+            return replies
+
+        try:
+            replies = await functions.arun_flow(flow, roundtrip)
+            return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
+        finally:
+            if not in_sync:
+                # Cancelled or timed out mid-reply: the socket may hold a partial answer.
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            await pool.release(conn)
 
     async def _acquire(
         self,
@@ -256,7 +259,7 @@ class AsyncLockClient:
     async def eval_script(
         self, script: Script, keys: list[str], args: list[str], timeout: float | None = 1.0
     ) -> Any:
-        """Run one of the package's scripts by SHA (EVAL on a cache miss) within `timeout`;
+        """Run one of the package's scripts (FCALL or EVAL, as `scripts` chose) within `timeout`;
         for the election layer's own scripts (control requests)."""
         return await self._eval(script, keys, args, _core.check_timeout(timeout))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -31,6 +32,7 @@ from .config import (
     parse_duration,
 )
 from .connection import redact_url, sync_client
+from .errors import FunctionsNotLoadedError
 from .redis_backend import election_key, parse_holder
 
 
@@ -122,6 +124,18 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_run_options(watch, only=CONNECTION_OPTIONS | {"election"})
     watch.add_argument("--json", action="store_true", help="print one JSON object per line")
+    functions = sub.add_parser(
+        "functions", help="load leaderd's Redis Functions library (an admin step, Redis >= 7)",
+        description="Candidates and operator commands call leaderd's scripts as a Redis "
+        "Functions library (FCALL), so their ACL user needs +fcall and never +eval. Load the "
+        "library once per Redis (each primary of a Cluster; it persists and replicates) as a "
+        "user allowed FUNCTION LOAD, and again after an upgrade of leaderd: `load` loads this "
+        "version's library, `status` shows which are loaded (exit 1 if this version's is "
+        "missing), `prune` deletes the other versions' once no older candidate runs.",
+    )  # fmt: skip
+    functions.add_argument("action", choices=("load", "status", "prune"),
+                           help="load, status or prune")  # fmt: skip
+    add_run_options(functions, only=CONNECTION_OPTIONS)
     return parser
 
 
@@ -159,8 +173,10 @@ def _control(args: argparse.Namespace) -> int:
                 "(use resign)"
             )
     try:
-        outcome = asyncio.run(control(target, election, args.cmd, to, hold_off, wait))
-    except CommandError as exc:
+        outcome = asyncio.run(
+            control(target, election, args.cmd, to, hold_off, wait, redis_settings.scripts)
+        )
+    except (CommandError, FunctionsNotLoadedError) as exc:
         print(f"leaderd {args.cmd}: error: {exc}", file=sys.stderr)
         return 1
     print(outcome.line("resigned" if to is None else "switched over"))
@@ -173,6 +189,48 @@ def _watch(args: argparse.Namespace) -> int:
     redis_settings, election = build_client_config(args)
     target = client_target(redis_settings, "leaderd-watch")
     return asyncio.run(watch(target, election, args.json, lambda line: print(line, flush=True)))
+
+
+def _functions(args: argparse.Namespace) -> int:
+    from . import functions
+
+    redis_settings, _ = build_client_config(args, election=False)
+    where = redact_url(redis_settings.url)
+    client = sync_client(client_target(redis_settings, "leaderd-functions"))
+    try:
+        if args.action == "load":
+            nodes = functions.load(client)
+            on = ", ".join(n for n in nodes if n) or where
+            print(f"loaded Redis Functions library {functions.LIBRARY} on {on}")
+            return 0
+        if args.action == "prune":
+            deleted = functions.prune(client)
+            for node, names in deleted.items():
+                at = f" on {node}" if node else ""
+                print(f"deleted {', '.join(names)}{at}" if names else f"nothing to delete{at}")
+            return 0
+        loaded = functions.libraries(client)
+    except redis.exceptions.NoPermissionError as exc:
+        raise ConfigError(
+            f"{where}: {exc}: `leaderd functions {args.action}` needs a user allowed "
+            "FUNCTION LOAD, LIST and DELETE (an admin), not a candidate's"
+        ) from exc
+    except redis.RedisError as exc:
+        if "unknown command" in str(exc).lower():
+            raise ConfigError(
+                f"{where} has no Redis Functions (Redis < 7): candidates run the scripts "
+                "with EVAL there (--redis-scripts eval or auto)"
+            ) from exc
+        raise ConfigError(f"cannot reach Redis at {where}: {exc}") from exc
+    missing = 0
+    for node, names in loaded.items():
+        at = f"{node}: " if node else ""
+        state = "loaded" if functions.LIBRARY in names else "NOT loaded"
+        missing += functions.LIBRARY not in names
+        others = [n for n in names if n != functions.LIBRARY]
+        extra = f" (other versions: {', '.join(others)})" if others else ""
+        print(f"{at}{functions.LIBRARY} {state}{extra}")
+    return 1 if missing else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -236,12 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok, why = check_status_file(args.status_file)
             print(why)
             return 0 if ok else 1
+        # Operator commands say what went wrong in their one error line; the library's
+        # log lines (e.g. `functions_missing`) would repeat it.
+        logging.getLogger("leaderd").addHandler(logging.NullHandler())
         if args.cmd == "status":
             return _status(args)
         if args.cmd in ("resign", "switchover"):
             return _control(args)
         if args.cmd == "watch":
             return _watch(args)
+        if args.cmd == "functions":
+            return _functions(args)
         if "--" in argv and not command:
             raise ConfigError("-- must be followed by a command: leaderd run [options] -- CMD ARGS")
         cfg = build_run_config(args, command)

@@ -253,6 +253,10 @@ RUN_OPTIONS = [
            "client certificate for mutual TLS (with --redis-tls-key)", _readable),
     Option("--redis-tls-key", "LEADERD_REDIS_TLS_KEY", None,
            "client private key for mutual TLS (with --redis-tls-cert)", _readable),
+    Option("--redis-scripts", "LEADERD_REDIS_SCRIPTS", "auto",
+           "auto: call leaderd's Redis Functions library (FCALL), loading it if the user "
+           "may, else EVAL if the user may; functions: FCALL only; eval: EVAL only "
+           "(Redis 6.2)", _choice("auto", "functions", "eval")),
     Option("--min-replicas-ack", "LEADERD_MIN_REPLICAS_ACK", "0",
            "after acquire and refresh, WAIT for this many replicas; else count a failure "
            "(default 1 with --sentinel)", _whole(0, 100, "must be a whole number from 0 to 100")),
@@ -334,7 +338,7 @@ RUN_OPTIONS = [
 #: The options that say how to reach Redis; `status` (and other clients) take them too.
 CONNECTION_OPTIONS = frozenset({
     "redis_url", "redis_password_file", "sentinel", "sentinel_master", "redis_cluster",
-    "redis_tls_ca", "redis_tls_cert", "redis_tls_key",
+    "redis_tls_ca", "redis_tls_cert", "redis_tls_key", "redis_scripts",
 })  # fmt: skip
 
 
@@ -350,6 +354,7 @@ class RedisSettings:
     cluster: bool = False
     tls: dict[str, str] = field(default_factory=dict)
     min_replicas_ack: int = 0
+    scripts: str = "auto"
 
     def redacted_url(self) -> str:
         """The Redis URL with any password replaced, for logs."""
@@ -501,12 +506,15 @@ def _app_health(v: _Values) -> HealthCheck | None:
 
 
 def build_client_config(
-    args: argparse.Namespace, env: dict[str, str] | None = None
+    args: argparse.Namespace, env: dict[str, str] | None = None, election: bool = True
 ) -> tuple[RedisSettings, str]:
     """Only what a Redis client of an election needs (`leaderd status`): the connection
-    options and the election name; a sidecar's other settings are not checked."""
+    options and the election name (unless not `election`: `leaderd functions`); a
+    sidecar's other settings are not checked."""
     values = _Values(args, dict(os.environ if env is None else env))
     redis = _redis_settings(values)
+    if not election:
+        return redis, ""
     name = values["election"]
     if not name:
         values.fail("election", "is required, e.g. --election my-cron")
@@ -551,7 +559,7 @@ def _redis_settings(v: _Values) -> RedisSettings:
                "the write's connection)", str(acks))  # fmt: skip
     return RedisSettings(url=url, password_file=v["redis_password_file"], sentinels=sentinels,
                          sentinel_master=master, cluster=cluster, tls=tls,
-                         min_replicas_ack=acks)  # fmt: skip
+                         min_replicas_ack=acks, scripts=v["redis_scripts"])  # fmt: skip
 
 
 def _tls(v: _Values, url: str, sentinels: bool) -> dict[str, str]:

@@ -134,7 +134,9 @@ async def _start(
     hub = WatchHub() if out.http_host is not None else None
     if hub is not None:
         observers.append(hub)
-    lock_client = AsyncLockClient(client, min_replicas=cfg.redis.min_replicas_ack)
+    lock_client = AsyncLockClient(
+        client, min_replicas=cfg.redis.min_replicas_ack, scripts=cfg.redis.scripts
+    )
     stack.push_async_callback(lock_client.aclose)  # before the client: a waiter leaves
     elector = Elector(
         lock_client, e.name, e.identity,

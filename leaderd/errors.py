@@ -71,3 +71,9 @@ class MaxRetryError(LockError):
             who = "handed over to a client that was waiting longer"
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
         super().__init__(f"gave up on lock {key!r} after {tries} ({who})")
+
+
+class FunctionsNotLoadedError(LockError):
+    """leaderd's Redis Functions library cannot be called, and EVAL may not serve
+    instead (the user lacks +eval, or `scripts="functions"`); the message says how to
+    load it. Nothing was changed in Redis."""

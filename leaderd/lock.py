@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import _core, _wire
+from . import _core, _wire, functions
 from ._core import AcquireResult, AttemptHook, LockBase, Script
 from .errors import LockError
 from .strategy import RetryStrategy
@@ -33,12 +33,19 @@ DEFAULT_RETRY, TRANSIENT = _core.DEFAULT_RETRY, _core.TRANSIENT
 class LockClient:
     """Acquires locks on one Redis (a `redis.Redis`, possibly with decode_responses)."""
 
-    def __init__(self, client: redis.Redis, *, min_replicas: int = 0) -> None:
+    def __init__(
+        self, client: redis.Redis, *, min_replicas: int = 0, scripts: str = "auto"
+    ) -> None:
         """`min_replicas` > 0: every acquire and refresh also waits (WAIT, pipelined on
         the same connection, within the call's timeout) until that many replicas have
-        the write, else it fails with `NotReplicatedError`."""
+        the write, else it fails with `NotReplicatedError`.
+
+        `scripts`: "auto" calls leaderd's Redis Functions library (FCALL), loading it if
+        it is missing and the user may, else runs EVAL if the user may; "functions" only
+        FCALL; "eval" only EVAL (Redis 6.2). See `leaderd.functions`."""
         self.redis = client
         self.min_replicas = _core.check_min_replicas(min_replicas)
+        self.scripts = functions.ScriptRunner(scripts)
         # Our own few connections, built from the client's pool settings, so that
         # connecting is bounded by the call's timeout too (a redis-py pool connects
         # inside get_connection(), under its own timeouts and retries).
@@ -127,77 +134,44 @@ class LockClient:
         listener.close()
 
     def _eval(self, script: Script, keys: list[str], args: list[str], timeout: float | None) -> Any:
+        """Run `script` (FCALL or EVAL, as `self.scripts` chose) in one round trip, with
+        WAIT pipelined after it if replicas must acknowledge."""
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
-            return self._eval_client(script, keys, args)
-        if not self.min_replicas or script is _core.RELEASE:
-            return self._eval_one(script, keys, args, timeout)
-        wait_ms = _core.wait_budget_ms(timeout)
-        return self._pipeline(
-            _core.script_commands("EVALSHA", script.sha, keys, args, self.min_replicas, wait_ms),
-            timeout,
-            lambda replies: _core.script_reply(replies, keys[0], self.min_replicas, wait_ms),
-            _core.script_commands("EVAL", script.source, keys, args, self.min_replicas, wait_ms),
-        )
+            flow = self.scripts.flow(script, keys, args, 0, 0)
+            return _core.script_reply(
+                functions.run_flow(flow, functions.client_roundtrip(self.redis, keys[0])),
+                keys[0], 0, 0,
+            )  # fmt: skip
+        wait_ms = 0
+        if self.min_replicas and script is not _core.RELEASE:
+            wait_ms = _core.wait_budget_ms(timeout)
+        replies = self._run(self.scripts.flow(script, keys, args, self.min_replicas, wait_ms),
+                            timeout)  # fmt: skip
+        return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
 
-    def _eval_one(
-        self, script: Script, keys: list[str], args: list[str], timeout: float | None
-    ) -> Any:
-        """The common case, kept lean: one script call, one reply, one round trip."""
+    def _run(self, flow: functions.Flow, timeout: float | None) -> list[Any]:
+        """Drive `flow` on one of our connections, all its round trips within `timeout`;
+        a connection is reused only if every reply sent to it was read."""
         conn = self._checkout(timeout)
-        reusable = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        in_sync = False
+
+        def roundtrip(commands: list[functions.Command]) -> list[Any]:
+            nonlocal in_sync
+            in_sync = False
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            replies = _wire.roundtrip(conn, commands, left)
+            in_sync = True
+            return replies
+
         try:
-            _wire.send(conn, conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
-            try:
-                reply = _wire.read(conn, timeout)
-            except redis.ResponseError as exc:
-                reusable = True  # an error reply leaves the connection in sync
-                if not _core.is_noscript(exc):
-                    raise
-                reusable = False
-                _wire.send(conn, conn.pack_command("EVAL", script.source, len(keys), *keys, *args))
-                reply = _wire.read(conn, timeout)
-            reusable = True
-            return reply
-        except redis.ResponseError:
-            reusable = True
-            raise
+            return functions.run_flow(flow, roundtrip)
         finally:
-            if reusable:
+            if in_sync:
                 self._checkin(conn)
             else:  # timed out or broken: a reply may still be on its way
                 conn.disconnect()
-
-    def _pipeline(
-        self,
-        commands: list[tuple[Any, ...]],
-        timeout: float | None,
-        reply: Callable[[list[Any]], Any],
-        on_noscript: list[tuple[Any, ...]] | None = None,
-    ) -> Any:
-        """Send `commands` in one write on one of our connections and read every reply
-        within `timeout`; resend `on_noscript` once if the script was not loaded."""
-        conn = self._checkout(timeout)
-        reusable = False
-        try:
-            replies = _wire.roundtrip(conn, commands, timeout)
-            if on_noscript and _core.is_noscript_reply(replies[0]):
-                replies = _wire.roundtrip(conn, on_noscript, timeout)
-            reusable = True  # every reply was read: the connection is in sync
-            return reply(replies)
-        finally:
-            if reusable:
-                self._checkin(conn)
-            else:  # timed out or broken: a reply may still be on its way
-                conn.disconnect()
-
-    def _eval_client(self, script: Script, keys: list[str], args: list[str]) -> Any:
-        try:
-            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except redis.ResponseError as exc:
-            if not _core.is_noscript(exc):
-                raise
-            return self.redis.eval(script.source, len(keys), *keys, *args)
 
     def _acquire(
         self,
@@ -347,9 +321,8 @@ class LockClient:
             pipe.pttl(key)
             value, pttl = pipe.execute()
             return _core.parse_holder(value, pttl)
-        return self._pipeline(  # type: ignore[no-any-return]
-            [("GET", key), ("PTTL", key)], timeout, lambda r: _core.parse_holder(*_raise(r))
-        )
+        replies = self._run(functions.once([("GET", key), ("PTTL", key)]), timeout)
+        return _core.parse_holder(*_raise(replies))
 
     def _leave(self, key: str, member: str, timeout: float | None) -> None:
         """Leave the queue (a `lock()` that stopped waiting without the lock); a lock

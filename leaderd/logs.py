@@ -77,6 +77,21 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(cast(TextIO, SafeStream(stream or sys.stderr))),
         cache_logger_on_first_use=False,
     )
+    library = logging.getLogger("leaderd")
+    library.handlers = [h for h in library.handlers if not isinstance(h, _ToStructlog)]
+    library.addHandler(_ToStructlog())
+    library.setLevel(logging.INFO)
+    library.propagate = False
+
+
+class _ToStructlog(logging.Handler):
+    """The lock library's stdlib log records (e.g. `functions_missing`) as structlog
+    lines like the daemon's own: the record's `leaderd_event` is the event."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: getattr(record, k) for k in ("library",) if hasattr(record, k)}
+        event = getattr(record, "leaderd_event", None) or record.getMessage()
+        get_logger().log(record.levelno, event, message=record.getMessage(), **fields)
 
 
 def get_logger(**context: Any) -> Any:

@@ -75,12 +75,13 @@ async def control(
     to: str | None,
     hold_off: float,
     wait: float,
+    scripts: str = "auto",
 ) -> Outcome:
     """Send a resign (`to` None) or switchover request and wait up to `wait` seconds for
     the result: for resign, the old leader gone (and a new one, if one comes within
     `wait`); for switchover, `to` leading."""
     client = async_client(target)
-    lock_client = AsyncLockClient(client)
+    lock_client = AsyncLockClient(client, scripts=scripts)
     key = election_key(election)
     try:
         started = time.monotonic()

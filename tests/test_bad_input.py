@@ -16,6 +16,7 @@ import redis
 from devtools.devserver import RedisServer
 from leaderd import LockClient, _core
 from leaderd._core import queued_value
+from leaderd.functions import function_name
 
 from .conftest import L1, listening_waiter
 from .daemons import Daemon, leaderd_cmd, poll
@@ -138,7 +139,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 ACL = (
     "ACL SETUSER leaderd on >acl-Pass-1 ~leaderd:* resetchannels &leaderd:* "
-    "+evalsha +eval +ping +hello +client|setname +subscribe +unsubscribe "
+    "+fcall +ping +hello +client|setname +subscribe +unsubscribe "
     "+get +mget +set +incr +pexpire +pttl +del +time +publish +pubsub|numsub "
     "+zadd +zrem +zrange +zpopmin +zscore"
 )
@@ -147,7 +148,8 @@ ACL = (
 def test_the_documented_acl_is_enough(
     redis_server: RedisServer, spawn: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    """The minimal ACL of the README: leaderd works; other keys are out of reach."""
+    """The minimal ACL of the README: with the library loaded by the admin step, leaderd
+    works; other keys and any script of the user's own are out of reach."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     documented = " ".join(
         line.strip().rstrip("\\").strip()
@@ -156,6 +158,7 @@ def test_the_documented_acl_is_enough(
     assert " ".join(ACL.split()[2:]) in "SETUSER " + documented.replace("PASSWORD", "acl-Pass-1")
     admin = redis.Redis.from_url(redis_server.url)
     admin.execute_command(*ACL.split())
+    assert _run("functions", "load", "--redis-url", redis_server.url).returncode == 0
     url = f"redis://leaderd@127.0.0.1:{redis_server.port}/0"
     pw = tmp_path / "pw"
     pw.write_text("acl-Pass-1")
@@ -190,6 +193,7 @@ def test_the_documented_acl_is_enough(
     limited = redis.Redis.from_url(url, password="acl-Pass-1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.get("some-other-key")
+    _no_script_of_its_own(limited)
     # The library's rarer paths under the same ACL: a hand-over to a waiter that gives
     # up at that moment and passes the lock on.
     key = "leaderd:{acl}"
@@ -201,9 +205,20 @@ def test_the_documented_acl_is_enough(
     holder.unlock()
     assert limited.get(key) == b"quitter"
     keys, args = _core.release_args(key, "", leaving=member)
-    assert limited.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 1
+    assert limited.fcall(function_name(_core.RELEASE), len(keys), *keys, *args) == 1
     assert limited.get(key) is None
     listening.close()
+
+
+def _no_script_of_its_own(limited: redis.Redis) -> None:
+    """A candidate's user runs leaderd's functions only: no EVAL, no library of its own
+    (a busy script of its own could stall every election on the server)."""
+    busy = "redis.call('SET', KEYS[1], '1') while true do end"
+    for command in (("EVAL", busy, 1, "leaderd:{jobs}"), ("EVALSHA", "0" * 40, 0),
+                    ("FUNCTION", "LOAD", f"#!lua name=mine\nredis.register_function("
+                     f"'mine', function(k) {busy} end)"), ("FUNCTION", "FLUSH")):  # fmt: skip
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.execute_command(*command)
 
 
 def test_the_documented_per_election_acl_is_enough_and_confined(
@@ -215,6 +230,7 @@ def test_the_documented_per_election_acl_is_enough_and_confined(
     admin = redis.Redis.from_url(redis_server.url)
     admin.execute_command("ACL", "SETUSER", "leaderd-jobs",
                           *[w.replace("PASSWORD", "job-Pass-1") for w in words])  # fmt: skip
+    assert _run("functions", "load", "--redis-url", redis_server.url).returncode == 0
     url = f"redis://leaderd-jobs:job-Pass-1@127.0.0.1:{redis_server.port}/0"
     ds = [spawn(url, f"pod-{i}") for i in range(2)]
     for d in ds:
@@ -236,6 +252,7 @@ def test_the_documented_per_election_acl_is_enough_and_confined(
             limited.set(key, "hijack")
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.publish("leaderd:released:leaderd:{other}", "")
+    _no_script_of_its_own(limited)
     # and a daemon of another election cannot even start contending with it
     intruder = spawn(url, "pod-x", election="other")
     intruder.wait_http()

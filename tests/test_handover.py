@@ -18,6 +18,7 @@ import redis.asyncio
 
 from leaderd import AsyncLockClient, FixedIntervalStrategy, Lock, LockClient, _core
 from leaderd._core import AcquireResult, Attempt, Confirm, Listen, RetryPlan, Sleep
+from leaderd.functions import function_name
 
 from .conftest import L1, listening_waiter, wait_for
 
@@ -33,18 +34,17 @@ async def test_the_woken_waiter_confirms_with_one_request_and_holds_its_lease(
     aclient: AsyncLockClient, r: redis.Redis
 ) -> None:
     await (await aclient.try_lock("warm-up")).unlock()  # the scripts are loaded
-    r.script_load(_core.CONFIRM.source)
     holder = await aclient.try_lock("jobs", expiration=30)
     waiter = asyncio.create_task(
         aclient.lock("jobs", value="next", expiration=5, retry=FixedIntervalStrategy(10, 3))
     )
     await asyncio.to_thread(wait_for, lambda: r.zcard(WAITERS) == 1)
-    before = _calls(r, "evalsha") + _calls(r, "eval")
+    before = _calls(r, "fcall")
     released = time.monotonic()
     await holder.unlock()
     lock = await asyncio.wait_for(waiter, 5)
     # The release, then one confirming request of the waiter's own.
-    assert _calls(r, "evalsha") + _calls(r, "eval") - before == 2
+    assert _calls(r, "fcall") - before == 2
     assert r.get("jobs") == b"next" and lock.value == "next"
     assert lock.fencing_token == int(r.get(_core.fence_key("jobs")) or 0)
     assert lock.fencing_token > holder.fencing_token
@@ -100,12 +100,12 @@ def test_a_waiter_that_gives_up_as_it_is_handed_the_lock_passes_it_on(
     assert r.get("jobs") == b"quitter"
     # It leaves: not queued any more, and the key holds its value, so it passes it on.
     keys, args = _core.release_args("jobs", "", leaving=quitter)
-    assert r.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 1
+    assert r.fcall(function_name(_core.RELEASE), len(keys), *keys, *args) == 1
     thread.join(5)
     assert got and got[0].value == "patient" and r.get("jobs") == b"patient"
     # Leaving while still queued writes nothing else.
     r.zadd(WAITERS, {quitter: 1})
-    assert r.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 0
+    assert r.fcall(function_name(_core.RELEASE), len(keys), *keys, *args) == 0
     assert r.get("jobs") == b"patient" and r.zcard(WAITERS) == 0
     got[0].unlock()
     listening.close()

@@ -24,6 +24,7 @@ from leaderd import (
     _core,
 )
 from leaderd._core import fence_key
+from leaderd.functions import function_name
 
 from .conftest import L1, listening_waiter, wait_for
 
@@ -416,7 +417,7 @@ def test_a_release_makes_the_first_live_waiter_the_holder(
         client.try_lock("jobs", expiration=5)
     # The next release hands over with the token embedded in a JSON value.
     keys, args = _core.release_args("jobs", "queued")
-    assert r.evalsha(_core.RELEASE.sha, len(keys), *keys, *args) == 1
+    assert r.fcall(function_name(_core.RELEASE), len(keys), *keys, *args) == 1
     stored = json.loads(r.get("jobs") or b"")
     assert stored["id"] == "b" and stored["token"] > token and 0 < r.pttl("jobs") <= 500
     assert stored["token"] == int(r.get(_core.fence_key("jobs")) or 0)
