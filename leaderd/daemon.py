@@ -24,7 +24,7 @@ from .credentials import CredentialReset
 from .election import ElectionObserver, Elector, Term
 from .errors import MaxRetryError
 from .http import LoopErrors, WatchHub, make_app, start_server
-from .logs import LogObserver, error_text, get_logger
+from .logs import LogObserver, error_text, get_logger, library_logs_to
 from .metrics import Metrics, disable_created_metrics
 from .statusfile import StatusFileWriter
 
@@ -84,6 +84,7 @@ class Stopper(ElectionObserver):
 async def run_daemon(cfg: RunConfig) -> int:
     """Run until a signal, a loss with --exit-on-loss, a spent strategy or the child's exit."""
     log = get_logger(election=cfg.election.name, identity=cfg.election.identity)
+    library_logs_to(log)
     loop_errors = LoopErrors(log)
     loop_errors.install()  # asyncio's own errors as JSON lines, never a flood
     stopper = Stopper(log, cfg.exit_on_loss)

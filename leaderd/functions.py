@@ -145,8 +145,9 @@ class ScriptRunner:
             replies = yield fcall
             first = replies[0]
             if not (is_missing(first) or no_fcall(first) or refused(first, "fcall")):
-                self._say("functions", logging.INFO, "scripts_fcall",
-                          "calling the Redis Functions library %s", LIBRARY)  # fmt: skip
+                if self._said != "functions":
+                    self._say("functions", logging.INFO, "scripts_fcall",
+                              "calling the Redis Functions library %s", LIBRARY)  # fmt: skip
                 return replies
             if is_missing(first) and now >= self.no_load_until:
                 loaded = (yield [load_command()])[0]

@@ -12,6 +12,7 @@ from typing import Any, TextIO, cast
 import structlog
 
 from .election import LOSS_REASONS, ElectionObserver, Elector, Term
+from .errors import FunctionsNotLoadedError
 
 
 class SafeStream:
@@ -77,21 +78,29 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(cast(TextIO, SafeStream(stream or sys.stderr))),
         cache_logger_on_first_use=False,
     )
+    library_logs_to(get_logger())
+
+
+def library_logs_to(log: Any) -> None:
+    """Route the lock library's stdlib log records (e.g. `functions_missing`) to `log`
+    (a bound structlog logger, e.g. with the election and identity), as lines like
+    the daemon's own: the record's `leaderd_event` is the event."""
     library = logging.getLogger("leaderd")
     library.handlers = [h for h in library.handlers if not isinstance(h, _ToStructlog)]
-    library.addHandler(_ToStructlog())
+    library.addHandler(_ToStructlog(log))
     library.setLevel(logging.INFO)
     library.propagate = False
 
 
 class _ToStructlog(logging.Handler):
-    """The lock library's stdlib log records (e.g. `functions_missing`) as structlog
-    lines like the daemon's own: the record's `leaderd_event` is the event."""
+    def __init__(self, log: Any) -> None:
+        super().__init__()
+        self.log = log
 
     def emit(self, record: logging.LogRecord) -> None:
         fields = {k: getattr(record, k) for k in ("library",) if hasattr(record, k)}
         event = getattr(record, "leaderd_event", None) or record.getMessage()
-        get_logger().log(record.levelno, event, message=record.getMessage(), **fields)
+        self.log.log(record.levelno, event, message=record.getMessage(), **fields)
 
 
 def get_logger(**context: Any) -> Any:
@@ -121,6 +130,8 @@ class LogObserver(ElectionObserver):
         self.elector = elector
 
     def on_attempt(self, outcome: str, error: Exception | None) -> None:
+        if isinstance(error, FunctionsNotLoadedError):
+            return  # the lock library logged `functions_missing`, once, with what to do
         if outcome == "error" and not self.redis_down:
             self.redis_down = True
             hint = self.hint(error)

@@ -265,8 +265,12 @@ def test_daemons_wait_for_the_library_then_elect(
         missing = [e for e in d.events() if e.get("event") == "functions_missing"]
         assert len(missing) == 1 and "leaderd functions load" in missing[0]["message"]
         assert missing[0]["level"] == "error" and missing[0]["library"] == functions.LIBRARY
+        assert missing[0]["identity"] == d.identity and missing[0]["election"] == "jobs"
+        assert "redis_unavailable" not in d.logs()  # the one line says it all
     assert _cli("load", url=url.replace("cand:pw-1@", "")).returncode == 0
     wait_for(lambda: sum(d.ready() == 200 for d in ds) == 1, 10)
+    for d in ds:
+        wait_for(lambda d=d: "scripts_fcall" in d.logs(), 5)
 
 
 def test_the_scripts_option_and_its_variable(

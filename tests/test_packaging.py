@@ -52,6 +52,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "advertisePort": 8080,
         }
     },
+    "functions-admin": {
+        "redis": {"existingSecret": "redis-auth"},
+        "functions": {
+            "adminUrl": "redis://admin@redis:6379/0",
+            "adminSecret": "redis-admin",
+            "extraArgs": ["--redis-tls-ca", "/etc/ca.pem"],
+        },
+    },
+    "no-functions-job": {"functions": {"loadJob": False}},
     "secret-monitoring": {
         "redis": {"existingSecret": "redis-auth"},
         "workload": {"port": 8080},
@@ -324,6 +333,42 @@ def test_the_trial_redis_is_optional_and_used_when_deployed() -> None:
             assert not set(selector.items()) <= set(pod_labels.items())
 
 
+def _functions_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    spec: dict[str, Any] = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"][:2] == ["functions", "load"]
+    assert {e["name"] for e in container["env"]} <= FLAG_ENVS
+    assert container["image"] == sidecar(docs)["image"]
+    return job
+
+
+def test_a_job_loads_the_functions_library_as_the_admin() -> None:
+    """The admin step runs on install and on every upgrade (a Job per revision), with
+    the admin's credentials where given, else the candidates' Redis settings."""
+    job = _functions_job(render({}))
+    assert job["metadata"]["name"] == "demo-leaderd-functions-1"
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env == {"LEADERD_REDIS_URL": "redis://redis:6379/0"}
+    docs = render(VALUE_SETS["functions-admin"])
+    spec = _functions_job(docs)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env == {
+        "LEADERD_REDIS_URL": "redis://admin@redis:6379/0",
+        "LEADERD_REDIS_PASSWORD_FILE": "/run/secrets/leaderd-admin/password",
+    }
+    assert spec["containers"][0]["args"][2:] == ["--redis-tls-ca", "/etc/ca.pem"]
+    assert spec["volumes"][0]["secret"]["secretName"] == "redis-admin"
+    # Without an admin Secret, the candidates' one (a Redis with one all-powerful user).
+    spec = _functions_job(render(VALUE_SETS["secret-monitoring"]))["spec"]["template"]["spec"]
+    assert spec["volumes"][0]["secret"]["secretName"] == "redis-auth"
+    trial = _functions_job(render({"redis": {"deploy": True}}))["spec"]["template"]["spec"]
+    assert trial["containers"][0]["env"][0]["value"] == "redis://demo-leaderd-redis:6379/0"
+    assert not [d for d in render(VALUE_SETS["no-functions-job"]) if d["kind"] == "Job"]
+
+
 def test_readiness_mode_without_a_port_says_how_to_reach_the_leader() -> None:
     notes = next(t for p, t in render_files({"mode": "readiness"}).items() if p.endswith(".txt"))
     assert "workload.port" in notes
@@ -374,6 +419,15 @@ def test_deploy_sidecar_matches_the_daemon() -> None:
     pc = patch["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"] for e in pc["env"]} <= FLAG_ENVS
     assert pc["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_deploy_runs_the_functions_load_step() -> None:
+    (job,) = [d for p, d in _kustomize_docs() if d["kind"] == "Job"]
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["functions", "load"] and c["image"] == "leaderd:dev"
+    assert {e["name"] for e in c["env"]} <= FLAG_ENVS
+    base = yaml.safe_load((REPO / "deploy" / "base" / "kustomization.yaml").read_text())
+    assert "functions-job.yaml" in base["resources"]
 
 
 def test_dockerfile_final_stage_runs_as_non_root() -> None:

@@ -39,9 +39,13 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{- define "leaderd.image" -}}
+"{{ required "leaderd.image.repository is required: build the image (make image IMAGE=REGISTRY/leaderd:TAG), push it, and --set leaderd.image.repository=REGISTRY/leaderd (see helm/leaderd/README.md)" .Values.leaderd.image.repository }}:{{ .Values.leaderd.image.tag }}"
+{{- end -}}
+
 {{- define "leaderd.sidecar" -}}
 name: leaderd
-image: "{{ required "leaderd.image.repository is required: build the image (make image IMAGE=REGISTRY/leaderd:TAG), push it, and --set leaderd.image.repository=REGISTRY/leaderd (see helm/leaderd/README.md)" .Values.leaderd.image.repository }}:{{ .Values.leaderd.image.tag }}"
+image: {{ include "leaderd.image" . }}
 imagePullPolicy: {{ .Values.leaderd.image.pullPolicy }}
 {{- if .Values.leaderd.nativeSidecar }}
 restartPolicy: Always
