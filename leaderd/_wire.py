@@ -67,10 +67,13 @@ def send(conn: Any, packed: Any) -> None:
 def roundtrip(conn: Any, commands: list[tuple[Any, ...]], timeout: float | None) -> list[Any]:
     """Send `commands` in one write and read every reply, all within `timeout`; an
     error reply is returned in place (the connection stays in sync), not raised."""
-    packed = conn.pack_command(*commands[0]) if len(commands) == 1 else conn.pack_commands(
-        commands
-    )  # fmt: skip
-    send(conn, packed)
+    if len(commands) == 1:  # the common case, kept lean
+        send(conn, conn.pack_command(*commands[0]))
+        try:
+            return [read(conn, timeout)]
+        except redis.ResponseError as exc:
+            return [exc]
+    send(conn, conn.pack_commands(commands))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Any] = []
     for _ in commands:

@@ -91,7 +91,8 @@ class AsyncLockClient:
                 flow, functions.aclient_roundtrip(self.redis, keys[0])
             )
             return _core.script_reply(replies, keys[0], 0, 0)
-        flow = self.scripts.flow(script, keys, args, self.min_replicas, wait_ms)
+        runner, replicas = self.scripts, self.min_replicas
+        sent = runner.first(script, keys, args, replicas, wait_ms)
         conn = await pool.get_connection()
         in_sync = False
 
@@ -104,8 +105,11 @@ class AsyncLockClient:
             return replies
 
         try:
-            replies = await functions.arun_flow(flow, roundtrip)
-            return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
+            replies = await roundtrip(sent)
+            rest = runner.rest(script, keys, args, replicas, wait_ms, sent, replies)
+            if rest is not None:  # rare: the library is missing, or EVAL must follow
+                replies = await functions.arun_flow(rest, roundtrip)
+            return _core.script_reply(replies, keys[0], replicas, wait_ms)
         finally:
             if not in_sync:
                 # Cancelled or timed out mid-reply: the socket may hold a partial answer.

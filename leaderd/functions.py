@@ -134,55 +134,105 @@ class ScriptRunner:
         self.no_load_until = 0.0  # FUNCTION LOAD was refused: not tried again before
         self._said = ""  # the last state logged, so each is logged once
 
+    def first(
+        self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
+    ) -> list[Command]:
+        """The call to try first: FCALL, or EVALSHA while EVAL serves."""
+        if self.eval_until and self.clock() < self.eval_until:
+            return _core.script_commands("EVALSHA", script.sha, keys, args, min_replicas,
+                                         wait_ms)  # fmt: skip
+        return _core.script_commands("FCALL", _FUNCTION[script.name], keys, args,
+                                     min_replicas, wait_ms)  # fmt: skip
+
+    def rest(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str],
+        min_replicas: int,
+        wait_ms: int,
+        sent: list[Command],
+        replies: list[Any],
+    ) -> Flow | None:
+        """None if `replies` (to `sent`, from `first`) are final, as they almost always
+        are; else the flow that goes on (load the library, EVALSHA, EVAL)."""
+        reply = replies[0]
+        fcall = sent[0][0] == "FCALL"
+        if not isinstance(reply, redis.ResponseError):
+            if fcall and self._said != "functions":
+                self._say("functions", logging.INFO, "scripts_fcall",
+                          "calling the Redis Functions library %s", LIBRARY)  # fmt: skip
+            return None
+        if fcall and (is_missing(reply) or no_fcall(reply) or refused(reply, "fcall")):
+            return self._without_fcall(script, keys, args, min_replicas, wait_ms, reply)
+        if not fcall and _core.is_noscript(reply):
+            return self._eval(script, keys, args, min_replicas, wait_ms, source_only=True)
+        return None
+
     def flow(
         self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
     ) -> Flow:
-        now = self.clock()
-        if now >= self.eval_until:
-            fcall = _core.script_commands(
-                "FCALL", function_name(script), keys, args, min_replicas, wait_ms
-            )
-            replies = yield fcall
-            first = replies[0]
-            if not (is_missing(first) or no_fcall(first) or refused(first, "fcall")):
-                if self._said != "functions":
-                    self._say("functions", logging.INFO, "scripts_fcall",
-                              "calling the Redis Functions library %s", LIBRARY)  # fmt: skip
-                return replies
-            if is_missing(first) and now >= self.no_load_until:
-                loaded = (yield [load_command()])[0]
-                if not isinstance(loaded, Exception):
-                    self._say("loaded", logging.INFO, "functions_loaded",
-                              "loaded the Redis Functions library %s", LIBRARY)  # fmt: skip
-                    replies = yield fcall
-                    if not is_missing(replies[0]):
-                        return replies
-                else:
-                    self.no_load_until = now + RECHECK_SECONDS
-            if self.mode == "functions":
-                raise FunctionsNotLoadedError(
-                    f"{_why(first)}, and scripts='functions' allows no EVAL instead: "
-                    + _HOW_TO_LOAD
-                )
-            self.eval_until = float("inf") if no_fcall(first) else now + RECHECK_SECONDS
-            replies = yield from self._eval(script, keys, args, min_replicas, wait_ms)
-            if refused(replies[0], "evalsha") or refused(replies[0], "eval"):
-                self.eval_until = 0.0  # nothing serves: try FCALL again next time
-                message = f"{_why(first)}, and this user may not run EVAL instead: {_HOW_TO_LOAD}"
-                self._say("none", logging.ERROR, "functions_missing", "%s", message)
-                raise FunctionsNotLoadedError(message)
-            self._say("eval", logging.WARNING, "functions_missing",
-                      "%s; using EVAL instead (load it with `leaderd functions load`, then "
-                      "grant +fcall instead of +eval)", _why(first))  # fmt: skip
+        """The whole call as one flow: `first`, then `rest` if needed."""
+        sent = self.first(script, keys, args, min_replicas, wait_ms)
+        replies = yield sent
+        rest = self.rest(script, keys, args, min_replicas, wait_ms, sent, replies)
+        if rest is None:
             return replies
-        return (yield from self._eval(script, keys, args, min_replicas, wait_ms))
+        return (yield from rest)
+
+    def _without_fcall(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str],
+        min_replicas: int,
+        wait_ms: int,
+        first: redis.ResponseError,
+    ) -> Flow:
+        """FCALL failed with `first`: load the library where the user may and FCALL
+        again, else EVAL where the user may, else `FunctionsNotLoadedError`."""
+        now = self.clock()
+        if is_missing(first) and now >= self.no_load_until:
+            loaded = (yield [load_command()])[0]
+            if not isinstance(loaded, Exception):
+                self._say("loaded", logging.INFO, "functions_loaded",
+                          "loaded the Redis Functions library %s", LIBRARY)  # fmt: skip
+                replies = yield self.first(script, keys, args, min_replicas, wait_ms)
+                if not is_missing(replies[0]):
+                    return replies
+            else:
+                self.no_load_until = now + RECHECK_SECONDS
+        if self.mode == "functions":
+            raise FunctionsNotLoadedError(
+                f"{_why(first)}, and scripts='functions' allows no EVAL instead: " + _HOW_TO_LOAD
+            )
+        self.eval_until = float("inf") if no_fcall(first) else now + RECHECK_SECONDS
+        replies = yield from self._eval(script, keys, args, min_replicas, wait_ms)
+        if refused(replies[0], "evalsha") or refused(replies[0], "eval"):
+            self.eval_until = 0.0  # nothing serves: try FCALL again next time
+            message = f"{_why(first)}, and this user may not run EVAL instead: {_HOW_TO_LOAD}"
+            self._say("none", logging.ERROR, "functions_missing", "%s", message)
+            raise FunctionsNotLoadedError(message)
+        self._say("eval", logging.WARNING, "functions_missing",
+                  "%s; using EVAL instead (load it with `leaderd functions load`, then "
+                  "grant +fcall instead of +eval)", _why(first))  # fmt: skip
+        return replies
 
     @staticmethod
     def _eval(
-        script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
+        script: Script,
+        keys: list[str],
+        args: list[str],
+        min_replicas: int,
+        wait_ms: int,
+        source_only: bool = False,
     ) -> Flow:
-        replies = yield _core.script_commands("EVALSHA", script.sha, keys, args,
-                                              min_replicas, wait_ms)  # fmt: skip
+        """EVALSHA, and EVAL if the script is not cached (`source_only`: EVALSHA was
+        sent already and found nothing)."""
+        replies: list[Any] = [redis.exceptions.NoScriptError("NOSCRIPT")]
+        if not source_only:
+            replies = yield _core.script_commands("EVALSHA", script.sha, keys, args,
+                                                  min_replicas, wait_ms)  # fmt: skip
         if _core.is_noscript_reply(replies[0]):
             replies = yield _core.script_commands("EVAL", script.source, keys, args,
                                                   min_replicas, wait_ms)  # fmt: skip
@@ -208,11 +258,6 @@ def _why(reply: object) -> str:
     if refused(reply, "fcall"):
         return f"this user may not run FCALL (grant +fcall) for the library {LIBRARY}"
     return f"the Redis Functions library {LIBRARY} is not loaded"
-
-
-def once(commands: list[Command]) -> Flow:
-    """A flow of one round trip: `commands`, whose replies it returns."""
-    return (yield commands)
 
 
 def run_flow(flow: Flow, roundtrip: Callable[[list[Command]], list[Any]]) -> list[Any]:

@@ -146,27 +146,42 @@ class LockClient:
         wait_ms = 0
         if self.min_replicas and script is not _core.RELEASE:
             wait_ms = _core.wait_budget_ms(timeout)
-        replies = self._run(self.scripts.flow(script, keys, args, self.min_replicas, wait_ms),
-                            timeout)  # fmt: skip
-        return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
-
-    def _run(self, flow: functions.Flow, timeout: float | None) -> list[Any]:
-        """Drive `flow` on one of our connections, all its round trips within `timeout`;
-        a connection is reused only if every reply sent to it was read."""
+        runner, replicas = self.scripts, self.min_replicas
+        sent = runner.first(script, keys, args, replicas, wait_ms)
         conn = self._checkout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
         in_sync = False
+        try:
+            started = time.monotonic()
+            replies = _wire.roundtrip(conn, sent, timeout)
+            in_sync = True
+            rest = runner.rest(script, keys, args, replicas, wait_ms, sent, replies)
+            if rest is not None:  # rare: the library is missing, or EVAL must follow
 
-        def roundtrip(commands: list[functions.Command]) -> list[Any]:
-            nonlocal in_sync
-            in_sync = False
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            replies = _wire.roundtrip(conn, commands, left)
+                def more(commands: list[functions.Command]) -> list[Any]:
+                    nonlocal in_sync
+                    in_sync = False
+                    left = None if timeout is None else started + timeout - time.monotonic()
+                    more_replies = _wire.roundtrip(conn, commands, left and max(0.0, left))
+                    in_sync = True
+                    return more_replies
+
+                replies = functions.run_flow(rest, more)
+            return _core.script_reply(replies, keys[0], self.min_replicas, wait_ms)
+        finally:
+            if in_sync:
+                self._checkin(conn)
+            else:  # timed out or broken: a reply may still be on its way
+                conn.disconnect()
+
+    def _run(self, commands: list[functions.Command], timeout: float | None) -> list[Any]:
+        """Send `commands` in one write on one of our connections and read every reply
+        within `timeout`; a connection is reused only if every reply was read."""
+        conn = self._checkout(timeout)
+        in_sync = False
+        try:
+            replies = _wire.roundtrip(conn, commands, timeout)
             in_sync = True
             return replies
-
-        try:
-            return functions.run_flow(flow, roundtrip)
         finally:
             if in_sync:
                 self._checkin(conn)
@@ -321,7 +336,7 @@ class LockClient:
             pipe.pttl(key)
             value, pttl = pipe.execute()
             return _core.parse_holder(value, pttl)
-        replies = self._run(functions.once([("GET", key), ("PTTL", key)]), timeout)
+        replies = self._run([("GET", key), ("PTTL", key)], timeout)
         return _core.parse_holder(*_raise(replies))
 
     def _leave(self, key: str, member: str, timeout: float | None) -> None:
