@@ -184,7 +184,7 @@ def make_app(
         writer.write(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
         if request.method == "HEAD":  # the head only: no stream, no body
             writer.write(conn.send(h11.EndOfMessage()) or b"")
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            await _drain(writer)
             return None
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -217,7 +217,7 @@ def make_app(
             if watched(status) != last:
                 last = watched(status)
                 writer.write(conn.send(h11.Data(data=_event(status))) or b"")
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+                await _drain(writer)
             getting = asyncio.ensure_future(queue.get())
             leaving = asyncio.ensure_future(gone.wait())
             try:
@@ -235,7 +235,7 @@ def make_app(
                 if stalled >= 2:
                     raise TimeoutError("the watcher reads nothing")
                 writer.write(conn.send(h11.Data(data=HEARTBEAT_LINE)) or b"")
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+                await _drain(writer)
 
     routes: dict[str, Handler] = {
         "/healthz": healthz, "/readyz": readyz, "/status": status, "/metrics": metrics,
@@ -456,6 +456,14 @@ class _Reader:
         return head.encode("latin-1") + body
 
 
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """Wait (at most WRITE_TIMEOUT) until what was written is on its way: at once when
+    the transport took it all, as it almost always does (no timer, no task then)."""
+    if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+
+
 async def _until_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
     """Read (and ignore) until the client closes its side, then set `gone`."""
     try:
@@ -532,7 +540,7 @@ class HTTPServer:
         if response is None:
             return False  # a stream: it wrote its own response, and ends the connection
         writer.write(requests.respond(request, response))
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        await _drain(writer)
         return True
 
     async def close(self) -> None:

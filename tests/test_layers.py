@@ -56,3 +56,24 @@ def test_the_library_does_not_import_the_election_or_the_outputs() -> None:
     graph = imports()
     for module in library:
         assert not graph[module] & above, (module, graph[module] & above)
+
+
+def test_the_daemon_never_loads_the_sync_client_and_the_root_still_exports_it() -> None:
+    """`leaderd.LockClient` and friends are imported on first use, so the daemon's idle
+    memory (a measured goal) does not carry the synchronous client."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, leaderd.daemon, leaderd.cli\n"
+        "assert 'leaderd.lock' not in sys.modules, 'the daemon imported leaderd.lock'\n"
+        "from leaderd import AutoRefresh, Lock, LockClient\n"
+        "import leaderd\n"
+        "assert leaderd.LockClient is LockClient and 'leaderd.lock' in sys.modules\n"
+        "assert all(hasattr(leaderd, name) for name in leaderd.__all__)\n"
+        "try:\n    leaderd.Nope\nexcept AttributeError as e:\n    assert 'Nope' in str(e)\n"
+        "from leaderd.daemon import trim_heap\ntrim_heap()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=PACKAGE.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
