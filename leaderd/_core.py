@@ -669,6 +669,17 @@ def script_commands(
     return commands
 
 
+def rebudget(commands: list[tuple[Any, ...]], left: float | None) -> list[tuple[Any, ...]]:
+    """A follow-up round of a script call (after loading the library, or EVAL after
+    EVALSHA): WAIT gets what is left of the call's budget, and a spent budget is a
+    timeout before anything is sent."""
+    if left is None:
+        return commands
+    if left <= 0:
+        raise redis.TimeoutError("the call's time ran out before its script could run")
+    return [("WAIT", c[1], wait_budget_ms(left)) if c[0] == "WAIT" else c for c in commands]
+
+
 def script_reply(replies: list[Any], key: str, min_replicas: int, wait_ms: int) -> Any:
     """The script's reply; its error, or `NotReplicatedError` if too few replicas acked."""
     if isinstance(replies[0], Exception):

@@ -78,11 +78,16 @@ class AsyncLockClient:
         if self.min_replicas and script is not _core.RELEASE:
             wait_ms = _core.wait_budget_ms(timeout)
         return await _bounded(
-            self._eval_unbounded(script, keys, args, wait_ms), timeout, script.name
+            self._eval_unbounded(script, keys, args, wait_ms, timeout), timeout, script.name
         )
 
     async def _eval_unbounded(
-        self, script: Script, keys: list[str], args: list[str], wait_ms: int = 0
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str],
+        wait_ms: int = 0,
+        timeout: float | None = None,
     ) -> Any:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is None or getattr(self.redis, "connection", None) is not None:
@@ -93,11 +98,15 @@ class AsyncLockClient:
             return _core.script_reply(replies, keys[0], 0, 0)
         runner, replicas = self.scripts, self.min_replicas
         sent = runner.first(script, keys, args, replicas, wait_ms)
+        deadline = None if timeout is None else time.monotonic() + timeout
         conn = await pool.get_connection()
         in_sync = False
 
         async def roundtrip(commands: list[functions.Command]) -> list[Any]:
             nonlocal in_sync
+            if commands is not sent:  # a follow-up round: what is left of the budget
+                left = None if deadline is None else deadline - time.monotonic()
+                commands = _core.rebudget(commands, left)
             in_sync = False
             await _wire.asend(conn, commands)
             replies = await _wire.aread_all(conn, len(commands))

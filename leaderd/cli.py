@@ -130,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
         "Functions library (FCALL), so their ACL user needs +fcall and never +eval. Load the "
         "library once per Redis (each primary of a Cluster; it persists and replicates) as a "
         "user allowed FUNCTION LOAD, and again after an upgrade of leaderd: `load` loads this "
-        "version's library, `status` shows which are loaded (exit 1 if this version's is "
-        "missing), `prune` deletes the other versions' once no older candidate runs.",
+        "version's library, `status` shows which are loaded (exit 3 if this version's is "
+        "missing somewhere, 1 on an error), `prune` deletes the other versions' once no "
+        "older candidate runs.",
     )  # fmt: skip
     functions.add_argument("action", choices=("load", "status", "prune"),
                            help="load, status or prune")  # fmt: skip
@@ -191,6 +192,10 @@ def _watch(args: argparse.Namespace) -> int:
     return asyncio.run(watch(target, election, args.json, lambda line: print(line, flush=True)))
 
 
+#: `leaderd functions status`: this version's library is missing on a primary.
+EXIT_NOT_LOADED = 3
+
+
 def _functions(args: argparse.Namespace) -> int:
     from . import functions
 
@@ -198,6 +203,8 @@ def _functions(args: argparse.Namespace) -> int:
     where = redact_url(redis_settings.url)
     client = sync_client(client_target(redis_settings, "leaderd-functions"))
     try:
+        if not redis_settings.cluster:
+            _not_a_cluster_node(client, where)
         if args.action == "load":
             nodes = functions.load(client)
             on = ", ".join(n for n in nodes if n) or where
@@ -210,18 +217,25 @@ def _functions(args: argparse.Namespace) -> int:
                 print(f"deleted {', '.join(names)}{at}" if names else f"nothing to delete{at}")
             return 0
         loaded = functions.libraries(client)
-    except redis.exceptions.NoPermissionError as exc:
-        raise ConfigError(
-            f"{where}: {exc}: `leaderd functions {args.action}` needs a user allowed "
-            "FUNCTION LOAD, LIST and DELETE (an admin), not a candidate's"
-        ) from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConfigError(f"cannot reach Redis at {where}: {exc}") from exc
     except redis.RedisError as exc:
-        if "unknown command" in str(exc).lower():
+        text = str(exc)
+        if "unknown command" in text.lower() and "function" in text.lower():
             raise ConfigError(
                 f"{where} has no Redis Functions (Redis < 7): candidates run the scripts "
                 "with EVAL there (--redis-scripts eval or auto)"
             ) from exc
-        raise ConfigError(f"cannot reach Redis at {where}: {exc}") from exc
+        hint = ""
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            hint = (" (the admin step needs +function|load +function|list "
+                    "+function|delete +client|setname +hello +ping: see the README's "
+                    "\"A minimal Redis ACL\")")  # fmt: skip
+        elif "read only replica" in text.lower():
+            hint = " (give the primary's URL)"
+        raise ConfigError(
+            f"Redis at {where} refused `functions {args.action}`: {text}{hint}"
+        ) from exc
     missing = 0
     for node, names in loaded.items():
         at = f"{node}: " if node else ""
@@ -230,7 +244,20 @@ def _functions(args: argparse.Namespace) -> int:
         others = [n for n in names if n != functions.LIBRARY]
         extra = f" (other versions: {', '.join(others)})" if others else ""
         print(f"{at}{functions.LIBRARY} {state}{extra}")
-    return 1 if missing else 0
+    return EXIT_NOT_LOADED if missing else 0
+
+
+def _not_a_cluster_node(client: redis.Redis, where: str) -> None:
+    """Functions live per node: on a Cluster, one node's answer is not the cluster's."""
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis.exceptions.NoPermissionError:
+        return  # INFO not granted: the admin knows its topology
+    if str(enabled) == "1":
+        raise ConfigError(
+            f"{where} is a node of a Redis Cluster: add --redis-cluster, so that every "
+            "primary is loaded and listed"
+        )
 
 
 def _status(args: argparse.Namespace) -> int:

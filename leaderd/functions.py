@@ -28,8 +28,11 @@ from .errors import FunctionsNotLoadedError
 ScriptsMode = Literal["auto", "functions", "eval"]
 MODES: tuple[ScriptsMode, ...] = ("auto", "functions", "eval")
 #: After the library was found missing and EVAL serves instead, FCALL is tried again
-#: this often, so that a library loaded later is picked up.
+#: this often, so that a library loaded later is picked up (and at once if EVAL is
+#: refused meanwhile).
 RECHECK_SECONDS = 30.0
+#: The same after a Redis without FCALL (6.2): it may be upgraded in place.
+NO_FCALL_RECHECK_SECONDS = 600.0
 #: Scripts that only keep existing state coherent may run when Redis is out of memory
 #: (as their EVAL form could); acquire and control requests, which add state, may not.
 _FLAGS: dict[str, tuple[str, ...]] = {
@@ -167,7 +170,22 @@ class ScriptRunner:
             return self._without_fcall(script, keys, args, min_replicas, wait_ms, reply)
         if not fcall and _core.is_noscript(reply):
             return self._eval(script, keys, args, min_replicas, wait_ms, source_only=True)
+        if not fcall and self.mode != "eval" and _eval_refused(reply):
+            # EVAL served until the ACL took it away (as `functions_missing` advised):
+            # FCALL now, in this same call, rather than fail until the next recheck
+            self.eval_until = 0.0
+            return self._fcall(script, keys, args, min_replicas, wait_ms)
         return None
+
+    def _fcall(
+        self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
+    ) -> Flow:
+        sent = self.first(script, keys, args, min_replicas, wait_ms)
+        replies = yield sent
+        rest = self.rest(script, keys, args, min_replicas, wait_ms, sent, replies)
+        if rest is None:
+            return replies
+        return (yield from rest)
 
     def flow(
         self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
@@ -203,19 +221,25 @@ class ScriptRunner:
             else:
                 self.no_load_until = now + RECHECK_SECONDS
         if self.mode == "functions":
-            raise FunctionsNotLoadedError(
-                f"{_why(first)}, and scripts='functions' allows no EVAL instead: " + _HOW_TO_LOAD
-            )
-        self.eval_until = float("inf") if no_fcall(first) else now + RECHECK_SECONDS
+            message = f"{_why(first)}, and scripts='functions' allows no EVAL instead: "
+            message += _NO_FCALL_HINT if no_fcall(first) else _HOW_TO_LOAD
+            self._say("none", logging.ERROR, "functions_missing", "%s", message)
+            raise FunctionsNotLoadedError(message)
+        self.eval_until = now + (NO_FCALL_RECHECK_SECONDS if no_fcall(first) else RECHECK_SECONDS)
         replies = yield from self._eval(script, keys, args, min_replicas, wait_ms)
-        if refused(replies[0], "evalsha") or refused(replies[0], "eval"):
+        if _eval_refused(replies[0]):
             self.eval_until = 0.0  # nothing serves: try FCALL again next time
             message = f"{_why(first)}, and this user may not run EVAL instead: {_HOW_TO_LOAD}"
             self._say("none", logging.ERROR, "functions_missing", "%s", message)
             raise FunctionsNotLoadedError(message)
-        self._say("eval", logging.WARNING, "functions_missing",
-                  "%s; using EVAL instead (load it with `leaderd functions load`, then "
-                  "grant +fcall instead of +eval)", _why(first))  # fmt: skip
+        if no_fcall(first):
+            self._say("eval", logging.WARNING, "functions_missing",
+                      "%s; using EVAL (its users need +evalsha +eval, and so may run any "
+                      "Lua: Redis >= 7 avoids that with Functions)", _why(first))  # fmt: skip
+        else:
+            self._say("eval", logging.WARNING, "functions_missing",
+                      "%s; using EVAL instead (load it with `leaderd functions load`, then "
+                      "grant +fcall instead of +eval)", _why(first))  # fmt: skip
         return replies
 
     @staticmethod
@@ -250,6 +274,14 @@ _HOW_TO_LOAD = (
     "load it with `leaderd functions load` as a user allowed FUNCTION LOAD (an admin); "
     "on Redis < 7 use scripts='eval' (--redis-scripts eval) and grant +evalsha +eval"
 )
+
+
+_NO_FCALL_HINT = "use scripts='eval' (--redis-scripts eval) there, or Redis >= 7"
+
+
+def _eval_refused(reply: object) -> bool:
+    """EVALSHA or EVAL refused by the ACL, or absent (renamed away)."""
+    return refused(reply, "evalsha") or refused(reply, "eval")
 
 
 def _why(reply: object) -> str:
@@ -351,7 +383,11 @@ def libraries(client: Any) -> dict[str, list[str]]:
         listed = execute("FUNCTION LIST", "LIBRARYNAME", "leaderd_*")
         names = []
         for entry in listed or []:
-            fields = dict(zip(entry[::2], entry[1::2], strict=False))
+            fields = (
+                entry
+                if isinstance(entry, dict)
+                else dict(zip(entry[::2], entry[1::2], strict=False))
+            )  # RESP3 answers a map, RESP2 a flat list
             name = fields.get(b"library_name", fields.get("library_name"))
             name = name.decode() if isinstance(name, bytes) else str(name)
             if name.startswith("leaderd_"):

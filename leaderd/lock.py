@@ -159,9 +159,10 @@ class LockClient:
 
                 def more(commands: list[functions.Command]) -> list[Any]:
                     nonlocal in_sync
-                    in_sync = False
                     left = None if timeout is None else started + timeout - time.monotonic()
-                    more_replies = _wire.roundtrip(conn, commands, left and max(0.0, left))
+                    commands = _core.rebudget(commands, left)
+                    in_sync = False
+                    more_replies = _wire.roundtrip(conn, commands, left)
                     in_sync = True
                     return more_replies
 

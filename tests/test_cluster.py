@@ -83,3 +83,35 @@ def test_daemons_on_a_cluster(cluster: list[RedisServer], tmp_path: Path) -> Non
     finally:
         for d in ds:
             d.stop()
+
+
+def test_the_functions_admin_step_on_a_cluster(cluster: list[RedisServer]) -> None:
+    """Functions live per node: `leaderd functions` loads, lists and prunes every
+    primary with --redis-cluster, and refuses one node's answer without it; the lock
+    clients then call FCALL on the key's node."""
+    from leaderd import functions
+
+    from .daemons import leaderd_cmd
+
+    url = f"redis://127.0.0.1:{cluster[0].port}/0"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(leaderd_cmd("functions", *args, "--redis-url", url),
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    alone = cli("status")
+    assert alone.returncode == 1 and "add --redis-cluster" in alone.stderr
+    assert cli("status", "--redis-cluster").returncode == 3  # missing on every primary
+    assert cli("load", "--redis-cluster").returncode == 0
+    status = cli("status", "--redis-cluster")
+    assert status.returncode == 0 and status.stdout.count(f"{functions.LIBRARY} loaded") == 3
+    for node in cluster:
+        r = redis.Redis(port=node.port)
+        assert [e[1].decode() for e in r.function_list()] == [functions.LIBRARY]
+        r.config_resetstat()
+    client = LockClient(redis.RedisCluster(host="127.0.0.1", port=cluster[0].port))
+    client.try_lock("leaderd:{jobs}", expiration=5).unlock()
+    calls = [redis.Redis(port=n.port).info("commandstats").get("cmdstat_fcall", {})
+             for n in cluster]  # fmt: skip
+    assert sum(int(c.get("calls", 0)) for c in calls) == 2  # straight to the key's node
+    assert cli("prune", "--redis-cluster").stdout.count("nothing to delete") == 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import re
 import subprocess
@@ -20,7 +19,7 @@ import redis.asyncio
 
 from devtools.devserver import RedisServer
 from leaderd import AsyncLockClient, LockClient, functions
-from leaderd.errors import FunctionsNotLoadedError
+from leaderd.errors import FunctionsNotLoadedError, NotReplicatedError
 
 from .conftest import wait_for
 from .daemons import Daemon, leaderd_cmd
@@ -172,9 +171,9 @@ def test_no_library_and_no_eval_is_one_clear_error_until_an_admin_loads_it(
     # A candidate's user may not load it: the admin step says so in one line.
     denied = _cli("load", url=url)
     assert denied.returncode == 1 and len(denied.stderr.strip().splitlines()) == 1
-    assert "FUNCTION LOAD" in denied.stderr and "Traceback" not in denied.stderr
+    assert "+function|load" in denied.stderr and "Traceback" not in denied.stderr
     status = _cli("status", url=url.replace("cand:pw-1@", ""))
-    assert status.returncode == 1 and f"{functions.LIBRARY} NOT loaded" in status.stdout
+    assert status.returncode == 3 and f"{functions.LIBRARY} NOT loaded" in status.stdout
     done = _cli("load", url=url.replace("cand:pw-1@", ""))
     assert done.returncode == 0 and functions.LIBRARY in done.stdout
     assert _cli("status", url=url.replace("cand:pw-1@", "")).returncode == 0
@@ -214,13 +213,77 @@ def test_a_redis_without_fcall_keeps_eval(
     r = redis.Redis.from_url(server.url)
     client = LockClient(r)
     client.try_lock("jobs", expiration=5).unlock()
-    assert client.scripts.eval_until == math.inf  # never asks again
+    client.try_lock("jobs", expiration=5).unlock()
+    # EVAL for good, but asked again now and then: Redis may be upgraded in place
+    assert client.scripts.eval_until >= time.monotonic() + 500
     assert _events(records) == ["functions_missing"]
     assert "no FCALL" in records[0].getMessage()
+    assert "leaderd functions load" not in records[0].getMessage()  # not there
     with pytest.raises(FunctionsNotLoadedError, match=r"no FCALL.*allows no EVAL"):
         LockClient(r, scripts="functions").try_lock("jobs", expiration=5)
     cli = _cli("status", url=server.url)
     assert cli.returncode == 1 and "no Redis Functions (Redis < 7)" in cli.stderr
+
+
+def test_taking_eval_away_as_advised_moves_to_fcall_at_once(
+    admin: redis.Redis, records: list[logging.LogRecord]
+) -> None:
+    """The `functions_missing` advice (load the library, then grant +fcall instead of
+    +eval) followed while clients run: their very next call uses FCALL, without one
+    failure, in both clients (a leader's refresh would otherwise fail until the recheck)."""
+    url = _user(admin, "mover", "+fcall", "+evalsha", "+eval")
+    sync = LockClient(redis.Redis.from_url(url))
+    held = sync.try_lock("leaderd:{a}", expiration=30)  # EVAL serves: no library yet
+    assert sync.scripts.eval_until > 0
+    admin.function_load(functions.LIBRARY_CODE)
+    admin.execute_command("ACL", "SETUSER", "mover", "-evalsha", "-eval")
+    held.refresh()
+    held.unlock()
+
+    async def asyncio_client() -> None:
+        aredis = redis.asyncio.Redis.from_url(url)
+        client = AsyncLockClient(aredis)
+        try:
+            admin.execute_command("ACL", "SETUSER", "mover", "+evalsha", "+eval")
+            admin.function_delete(functions.LIBRARY)
+            lock = await client.try_lock("leaderd:{b}", expiration=30)
+            assert client.scripts.eval_until > 0
+            admin.function_load(functions.LIBRARY_CODE)
+            admin.execute_command("ACL", "SETUSER", "mover", "-evalsha", "-eval")
+            await lock.refresh()
+            await lock.unlock()
+        finally:
+            await client.aclose()
+            await aredis.aclose()
+
+    asyncio.run(asyncio_client())
+    assert _events(records).count("scripts_fcall") == 2
+
+
+def test_scripts_functions_says_once_why_nothing_runs(
+    admin: redis.Redis, records: list[logging.LogRecord]
+) -> None:
+    client = LockClient(redis.Redis.from_url(_user(admin, "cand", "+fcall", "+eval",
+                                                   "+evalsha")), scripts="functions")  # fmt: skip
+    for _ in range(3):
+        with pytest.raises(FunctionsNotLoadedError, match="allows no EVAL"):
+            client.try_lock("leaderd:{jobs}", expiration=5)
+    assert _events(records) == ["functions_missing"] and records[0].levelno == logging.ERROR
+    assert _calls(admin, "evalsha") + _calls(admin, "eval") == 0
+
+
+def test_replica_acks_keep_the_call_within_its_timeout_while_the_library_loads(
+    admin: redis.Redis,
+) -> None:
+    """min_replicas with no replica, first call: FCALL finds nothing, the library is
+    loaded, FCALL runs; WAIT of the later round gets only what is left of the budget,
+    so the answer is the write's own (not enough replicas), in time."""
+    client = LockClient(admin, min_replicas=1)
+    started = time.monotonic()
+    with pytest.raises(NotReplicatedError):
+        client.try_lock("jobs", expiration=30, timeout=1.0)
+    assert time.monotonic() - started < 1.2
+    assert admin.exists("jobs") == 1  # written on the primary, as the error says
 
 
 def test_scripts_eval_never_calls_fcall(admin: redis.Redis) -> None:
@@ -237,8 +300,10 @@ def test_prune_deletes_only_other_leaderd_versions(admin: redis.Redis) -> None:
     admin.function_load(older)
     admin.function_load("#!lua name=theirs\nredis.register_function('theirs', function() end)")
     status = _cli("status", url=url)
-    assert status.returncode == 1
+    assert status.returncode == 3
     assert "NOT loaded (other versions: leaderd_000000000000)" in status.stdout
+    resp3 = _cli("status", url=url + "?protocol=3")  # FUNCTION LIST answers maps there
+    assert resp3.returncode == 3 and resp3.stdout == status.stdout, resp3.stderr
     assert _cli("load", url=url).returncode == 0
     assert _cli("load", url=url).returncode == 0  # again: idempotent
     pruned = _cli("prune", url=url)
@@ -328,7 +393,7 @@ def test_a_real_redis_6_2_keeps_eval(
     client = LockClient(r)
     for _ in range(2):
         client.try_lock("jobs", expiration=5).unlock()
-    assert client.scripts.eval_until == math.inf
+    assert client.scripts.eval_until >= time.monotonic() + 500
     assert _events(records) == ["functions_missing"] and records[0].levelno == logging.WARNING
     # A daemon there, as the README's ACL for Redis 6.2 (+evalsha +eval, not +fcall).
     r.execute_command(

@@ -367,6 +367,13 @@ def test_a_job_loads_the_functions_library_as_the_admin() -> None:
     trial = _functions_job(render({"redis": {"deploy": True}}))["spec"]["template"]["spec"]
     assert trial["containers"][0]["env"][0]["value"] == "redis://demo-leaderd-redis:6379/0"
     assert not [d for d in render(VALUE_SETS["no-functions-job"]) if d["kind"] == "Job"]
+    # The admin's password without the admin's user name would be a mix-up: refused.
+    with pytest.raises(helm.HelmError, match="adminUrl"):
+        render_files({"functions": {"adminSecret": "redis-admin"}})
+    # Scheduled like the workload's pods.
+    placed = render({"nodeSelector": {"pool": "infra"}, "tolerations": [{"operator": "Exists"}]})
+    spec = _functions_job(placed)["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "infra"} and spec["tolerations"]
 
 
 def test_readiness_mode_without_a_port_says_how_to_reach_the_leader() -> None:
