@@ -41,7 +41,7 @@ test: $(STAMP) lint
 # (each in its own .venv-redis-<version>). The rest of the toolchain stays pinned.
 COMPAT_REDIS ?= 5.3.1 7.4.1 8 latest
 COMPAT_TESTS := tests/test_lock.py tests/test_async_lock.py tests/test_handover.py tests/test_elector.py \
-	tests/test_urls.py tests/test_redispy_api.py tests/test_replication.py
+	tests/test_urls.py tests/test_redispy_api.py tests/test_replication.py tests/test_functions.py
 test-compat:
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found; install it or set PYTHON=" >&2; exit 1; }
 	@set -e; for v in $(COMPAT_REDIS); do \

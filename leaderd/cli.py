@@ -13,6 +13,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -250,7 +251,8 @@ def _functions(args: argparse.Namespace) -> int:
 def _not_a_cluster_node(client: redis.Redis, where: str) -> None:
     """Functions live per node: on a Cluster, one node's answer is not the cluster's."""
     try:
-        enabled = client.info("cluster").get("cluster_enabled")
+        info: Any = client.info("cluster")  # typed sync-or-async before redis-py 8
+        enabled = info.get("cluster_enabled")
     except redis.exceptions.NoPermissionError:
         return  # INFO not granted: the admin knows its topology
     if str(enabled) == "1":
