@@ -174,18 +174,8 @@ class ScriptRunner:
             # EVAL served until the ACL took it away (as `functions_missing` advised):
             # FCALL now, in this same call, rather than fail until the next recheck
             self.eval_until = 0.0
-            return self._fcall(script, keys, args, min_replicas, wait_ms)
+            return self.flow(script, keys, args, min_replicas, wait_ms)
         return None
-
-    def _fcall(
-        self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
-    ) -> Flow:
-        sent = self.first(script, keys, args, min_replicas, wait_ms)
-        replies = yield sent
-        rest = self.rest(script, keys, args, min_replicas, wait_ms, sent, replies)
-        if rest is None:
-            return replies
-        return (yield from rest)
 
     def flow(
         self, script: Script, keys: list[str], args: list[str], min_replicas: int, wait_ms: int
@@ -221,8 +211,11 @@ class ScriptRunner:
             else:
                 self.no_load_until = now + RECHECK_SECONDS
         if self.mode == "functions":
-            message = f"{_why(first)}, and scripts='functions' allows no EVAL instead: "
-            message += _NO_FCALL_HINT if no_fcall(first) else _HOW_TO_LOAD
+            message = f"{_why(first)}, and scripts='functions' allows no EVAL instead"
+            if no_fcall(first):
+                message += ": " + _NO_FCALL_HINT
+            elif is_missing(first):
+                message += ": " + _HOW_TO_LOAD
             self._say("none", logging.ERROR, "functions_missing", "%s", message)
             raise FunctionsNotLoadedError(message)
         self.eval_until = now + (NO_FCALL_RECHECK_SECONDS if no_fcall(first) else RECHECK_SECONDS)
