@@ -61,6 +61,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "no-functions-job": {"functions": {"loadJob": False}},
+    "functions-cron": {"functions": {"reloadSchedule": "@hourly"}},
     "secret-monitoring": {
         "redis": {"existingSecret": "redis-auth"},
         "workload": {"port": 8080},
@@ -370,6 +371,17 @@ def test_a_job_loads_the_functions_library_as_the_admin() -> None:
     # The admin's password without the admin's user name would be a mix-up: refused.
     with pytest.raises(helm.HelmError, match="adminUrl"):
         render_files({"functions": {"adminSecret": "redis-admin"}})
+    # On a schedule too, when asked: the same pod, as a CronJob.
+    assert not [d for d in render({}) if d["kind"] == "CronJob"]
+    docs = render({"functions": {"reloadSchedule": "*/5 * * * *"}})
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    validate(cron)
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    assert pod == _functions_job(docs)["spec"]["template"]
+    with pytest.raises(helm.HelmError):
+        render_files({"functions": {"reloadSchedule": "every 5 minutes please"}})
     # Scheduled like the workload's pods.
     placed = render({"nodeSelector": {"pool": "infra"}, "tolerations": [{"operator": "Exists"}]})
     spec = _functions_job(placed)["spec"]["template"]["spec"]

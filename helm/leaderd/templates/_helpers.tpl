@@ -165,3 +165,66 @@ redis://{{ include "leaderd.fullname" . }}-redis:6379/0
 {{ fail "redis.url is required (or redis.deploy: true for a trial Redis)" }}
 {{- end -}}
 {{- end -}}
+
+{{/* The pod of the Functions load step (Job and CronJob): the admin's credentials
+     where given, else the candidates' Redis settings. */}}
+{{- define "leaderd.functionsPod" -}}
+{{- $secret := default .Values.redis.existingSecret .Values.functions.adminSecret -}}
+{{- $key := ternary .Values.functions.adminPasswordKey .Values.redis.passwordKey (ne .Values.functions.adminSecret "") -}}
+metadata:
+  labels:
+    app.kubernetes.io/instance: {{ .Release.Name }}
+    app.kubernetes.io/component: functions-load
+spec:
+  restartPolicy: OnFailure
+  automountServiceAccountToken: false
+  securityContext:
+    runAsNonRoot: true
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: functions-load
+      image: {{ include "leaderd.image" . }}
+      imagePullPolicy: {{ .Values.leaderd.image.pullPolicy }}
+      args:
+        - functions
+        - load
+        {{- range .Values.functions.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      env:
+        - name: LEADERD_REDIS_URL
+          value: {{ default (include "leaderd.redisURL" .) .Values.functions.adminUrl | quote }}
+        {{- if $secret }}
+        - name: LEADERD_REDIS_PASSWORD_FILE
+          value: /run/secrets/leaderd-admin/{{ $key }}
+        {{- end }}
+      securityContext:
+        {{- include "leaderd.securityContext" . | nindent 8 }}
+      resources:
+        requests: {cpu: 10m, memory: 32Mi}
+        limits: {memory: 64Mi}
+      {{- if $secret }}
+      volumeMounts:
+        - name: admin-password
+          mountPath: /run/secrets/leaderd-admin
+          readOnly: true
+      {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if $secret }}
+  volumes:
+    - name: admin-password
+      secret:
+        secretName: {{ $secret }}
+        items:
+          - key: {{ $key }}
+            path: {{ $key }}
+  {{- end }}
+{{- end -}}
